@@ -1,0 +1,3 @@
+"""Reflector appliance: a Python re-implementation of LBRY's reflector.go ("prism")."""
+
+__version__ = "0.1.0"

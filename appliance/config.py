@@ -1,0 +1,264 @@
+"""Every setting of the appliance in one table: flag, config key, type, default, help.
+
+The command-line parsers, the commented default config file (`config/reflector-appliance.toml`) and the
+README's settings table are all generated from SETTINGS. reflector.go's config.json keys are settings
+too, so an existing config.json keeps working. Precedence: defaults < config file < command line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+LBRY_DHT_SEEDS = ["lbrynet1.lbry.com:4444", "lbrynet2.lbry.com:4444", "lbrynet3.lbry.com:4444",
+                  "lbrynet4.lbry.com:4444"]
+LBRY_WALLET_SERVERS = ["spv25.lbry.com:50001", "spv26.lbry.com:50001", "spv19.lbry.com:50001",
+                       "spv14.lbry.com:50001"]
+LOCALDB_DSN = "reflector:reflector@tcp(localhost:3306)/reflector"
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str  # config-file key; the flag is the same with dashes unless `flag` says otherwise
+    type: str  # str | int | float | bool | list
+    default: Any
+    help: str
+    group: str = "appliance"
+    flag: str | None = None  # None: --<key with dashes>; "" : config file only
+    secret: bool = False
+    choices: tuple = ()
+
+    @property
+    def flag_name(self) -> str | None:
+        if self.flag == "":
+            return None
+        return self.flag or "--" + self.key.replace("_", "-")
+
+
+S = Setting
+SETTINGS: list[Setting] = [
+    # --- reflector.go config.json keys -------------------------------------------------------------
+    S("aws_id", "str", "", "S3 access key id", "storage", flag="", secret=True),
+    S("aws_secret", "str", "", "S3 secret key", "storage", flag="", secret=True),
+    S("bucket_region", "str", "", "S3 region", "storage", flag=""),
+    S("bucket_name", "str", "", "S3 bucket holding the blobs (object key = blob hash)", "storage", flag=""),
+    S("s3_endpoint", "str", "", "custom S3 endpoint URL; empty = AWS", "storage", flag=""),
+    S("db_conn", "str", "", "MySQL DSN, reflector.go form USER:PASSWORD@tcp(HOST:PORT)/DBNAME", "database",
+      flag="", secret=True),
+    S("slack_hook_url", "str", "", "Slack incoming-webhook URL: log records of level INFO and above are posted",
+      "logging", flag=""),
+    S("slack_channel", "str", "", "Slack channel for slack_hook_url", "logging", flag=""),
+    S("update_bin_url", "str", "", "reflector.go self-update URL; ignored: the appliance is updated by its package",
+      "compat", flag=""),
+    S("update_cmd", "str", "", "reflector.go self-update command; ignored", "compat", flag=""),
+    # --- ports (reflector.go's flags) -----------------------------------------------------------------
+    S("receiver_port", "int", 5566, "reflector upload port (TCP)", "ports"),
+    S("tcp_peer_port", "int", 5567, "LBRY TCP peer protocol port", "ports"),
+    S("http3_peer_port", "int", 5568, "HTTP/3 blob port (UDP); 0 disables HTTP/3", "ports"),
+    S("http_peer_port", "int", 5569, "HTTP blob port", "ports"),
+    S("metrics_port", "int", 2112, "Prometheus /metrics port", "ports"),
+    # --- behaviour (reflector.go's flags) -------------------------------------------------------------
+    S("disable_uploads", "bool", False, "do not run the upload receiver", "reflector"),
+    S("disable_blocklist", "bool", False, "do not refresh or apply the blocklist", "reflector"),
+    S("use_db", "bool", True, "track blobs and streams in MySQL (db_conn); without db_conn there is no database",
+      "database"),
+    S("upstream_reflector", "str", "", "host:port of an upstream reflector or blobcache to fetch from", "origin"),
+    S("upstream_protocol", "str", "http", "protocol to the upstream", "origin", choices=("tcp", "http", "http3")),
+    S("upstream_edge_token", "str", "",
+      "token sent upstream as edge_token, and required from HTTP clients for protected blobs", "origin",
+      secret=True),
+    S("request_queue_size", "int", 200, "concurrent HTTP and HTTP/3 GETs per worker; the rest wait", "reflector"),
+    S("origin_endpoint", "str", "", "CloudFront-style HTTP origin base URL (blob URL = base + hash)", "origin"),
+    S("origin_endpoint_fallback", "str", "", "second origin endpoint, tried when the first fails", "origin"),
+    S("disk_cache", "str", None,
+      "SIZE:PATH:MANAGER (lru, lfu, arc, simple, localdb); default: none in front of local storage, "
+      "100GB:<cache_dir>:lru in front of a remote origin; '' turns it off", "cache"),
+    S("optional_disk_cache", "str", "", "a second SIZE:PATH:MANAGER disk cache in front of --disk-cache", "cache"),
+    S("mem_cache", "int", 0, "in-memory cache of at most this many blobs per worker (0 = off)", "cache"),
+    # --- appliance ------------------------------------------------------------------------------------
+    S("workers", "int", 0, "number of gevent worker processes (0 = number of cores)"),
+    S("storage_dir", "str", "./data/blobs", "local storage: the origin when no upstream, S3 or endpoint is set"),
+    S("cache_dir", "str", "./data/cache", "default disk-cache directory"),
+    S("state_dir", "str", "./data/state", "persistent state: cache indexes, HTTP/3 certificate, blocklist"),
+    S("runtime_dir", "str", "./run", "control and IPC sockets, metrics files (the service uses /run/...)"),
+    S("graceful_timeout", "float", 30.0, "seconds in-flight transfers may take to finish on TERM or HUP"),
+    S("heartbeat_timeout", "float", 30.0, "a child whose heartbeat is older than this is killed and replaced"),
+    S("upload_timeout", "float", 180.0, "read timeout per upload message, seconds (reflector.go: 3 min)",
+      "reflector"),
+    S("peer_idle_timeout", "float", 60.0, "TCP peer connections idle longer than this are closed", "reflector"),
+    S("log_file", "str", "", "also write the log to this file (reopened on USR1); empty = stderr only",
+      "logging"),
+    S("localdb_conn", "str", LOCALDB_DSN, "MySQL DSN of the localdb cache manager's access-time table", "cache"),
+    # --- HTTP/3 ---------------------------------------------------------------------------------------
+    S("disable_http3", "bool", False, "do not run the HTTP/3 server", "http3"),
+    S("http3_cert", "str", "", "TLS certificate (PEM) for HTTP/3; empty = self-signed in state_dir", "http3"),
+    S("http3_key", "str", "", "TLS private key (PEM) for HTTP/3", "http3", secret=True),
+    # --- DHT ------------------------------------------------------------------------------------------
+    S("disable_dht", "bool", False, "do not run the DHT node", "dht"),
+    S("dht_port", "int", 4444, "DHT UDP port", "dht"),
+    S("dht_seeds", "list", LBRY_DHT_SEEDS, "host:port of DHT nodes to join through", "dht"),
+    S("dht_node_id", "str", "", "hex node id (96 chars); empty = random, kept in state_dir", "dht"),
+    S("dht_external_ip", "str", "", "IPv4 address announced to the DHT; empty = learned from peers", "dht"),
+    S("dht_peer_port", "int", 0, "TCP peer port announced to the DHT (0 = tcp_peer_port)", "dht"),
+    S("dht_announce_all", "bool", False, "announce every stored blob, not only sd blobs", "dht"),
+    # --- blocklist and protected content -------------------------------------------------------------
+    S("blocklist_source", "str", "lbry",
+      "'lbry' (LBRY's outpoint list + wallet servers), an http(s) URL or a file of sd hashes", "blocklist"),
+    S("blocklist_url", "str", "https://api.lbry.com/file/list_blocked", "LBRY's blocked-outpoints API",
+      "blocklist"),
+    S("blocklist_interval", "float", 43200.0, "seconds between blocklist refreshes", "blocklist"),
+    S("blocklist_delete", "bool", False, "delete the blobs of blocked streams from storage and caches",
+      "blocklist"),
+    S("wallet_servers", "list", LBRY_WALLET_SERVERS, "LBRY wallet servers (host:port) for claim lookups",
+      "blocklist"),
+    S("protected_content_url", "str", "https://api.odysee.com/file/list_protected",
+      "list of protected sd hashes; empty = nothing is protected", "protected"),
+    S("protected_fail_closed", "bool", False,
+      "refuse protected-capable downloads when the list cannot be fetched (reflector.go fails open)",
+      "protected"),
+]
+del S
+
+BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+
+
+class ConfigError(ValueError):
+    """A config file or a value that cannot be used; the message is one line for the operator."""
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "t", "true", "yes", "on"):
+        return True
+    if text in ("0", "f", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"invalid boolean {value!r}")
+
+
+def convert(setting: Setting, value: Any) -> Any:
+    """Convert a file or flag value to the setting's type (ConfigError on failure)."""
+    if value is None:
+        return None
+    try:
+        if setting.type == "bool":
+            return parse_bool(value)
+        if setting.type == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if setting.type == "float":
+            return float(value)
+        if setting.type == "list":
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            return [str(v) for v in value]
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{setting.key}: invalid {setting.type} value {value!r}") from None
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """Read a config file: TOML (the appliance's) or JSON (reflector.go's config.json)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        if path.endswith(".json") or raw.lstrip().startswith(b"{"):
+            values = json.loads(raw)
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: the config must be a JSON object")
+        else:
+            values = tomllib.loads(raw.decode())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot parse config file {path}: {exc}") from None
+    return values
+
+
+@dataclass
+class Config:
+    """Resolved settings; attribute access by key (`config.tcp_peer_port`)."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+    unknown_keys: list[str] = field(default_factory=list)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self.__dict__["values"][key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def public(self) -> dict[str, Any]:
+        """The values with secrets masked, for `appliancectl status` and logs."""
+        return {k: ("***" if BY_KEY[k].secret and v else v) for k, v in self.values.items() if k in BY_KEY}
+
+
+def resolve(file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
+            path: str | None = None) -> Config:
+    """Defaults, then the file's values, then explicit overrides (from flags)."""
+    values = {s.key: s.default for s in SETTINGS}
+    unknown = []
+    for key, value in (file_values or {}).items():
+        setting = BY_KEY.get(key)
+        if setting is None:
+            unknown.append(key)  # reflector.go ignores unknown keys; we say so once
+            continue
+        values[key] = convert(setting, value)
+    for key, value in (overrides or {}).items():
+        values[key] = convert(BY_KEY[key], value)
+    for key, value in values.items():
+        setting = BY_KEY[key]
+        if setting.choices and value not in setting.choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(setting.choices)}")
+    return Config(values, path, unknown)
+
+
+# --- argparse glue -------------------------------------------------------------------------------------
+
+class _BoolFlag(argparse.Action):
+    """--flag, --flag=true, --flag=false (reflector.go's README uses the latter two forms)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        kwargs.setdefault("nargs", "?")
+        kwargs.setdefault("const", True)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            setattr(namespace, self.dest, parse_bool(values))
+        except ConfigError as exc:
+            parser.error(f"{option_string}: {exc}")
+
+
+def add_flags(parser: argparse.ArgumentParser, keys: list[str]) -> None:
+    """Add the flags of these settings; unset flags stay absent from the namespace (argparse.SUPPRESS)."""
+    for key in keys:
+        s = BY_KEY[key]
+        name = s.flag_name
+        if name is None:
+            continue
+        shown = ",".join(s.default) if isinstance(s.default, list) else s.default
+        help_text = f"{s.help} (default: {shown!r})" if s.default not in (None, "", []) else s.help
+        if s.type == "bool":
+            parser.add_argument(name, dest=key, action=_BoolFlag, default=argparse.SUPPRESS, metavar="BOOL",
+                                help=help_text)
+        else:
+            parser.add_argument(name, dest=key, default=argparse.SUPPRESS, help=help_text,
+                                metavar=s.type.upper(), choices=s.choices or None)
+
+
+def overrides_from_args(args: argparse.Namespace, keys: list[str]) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in keys if hasattr(args, k)}
+
+
+def default_workers() -> int:
+    return os.cpu_count() or 1

@@ -1,0 +1,95 @@
+"""The BlobStore interface (DESIGN §5) and the Blob handle that stores return."""
+from __future__ import annotations
+
+import os
+from typing import BinaryIO
+
+from appliance.errors import BlobNotFound, NotImplementedByStore
+from appliance.trace import Trace
+
+__all__ = ["Blob", "BlobStore", "BlobNotFound", "NotImplementedByStore", "NeededBlobsChecker", "Blocklister"]
+
+
+class Blob:
+    """A blob returned by a store: bytes in memory, or an open file to os.sendfile from.
+
+    A file-backed blob was opened by the store at `get` time, so eviction (unlink) cannot break the
+    reader. Close it (or use it as a context manager) when done.
+    """
+
+    __slots__ = ("hash", "size", "trace", "_data", "file")
+
+    def __init__(self, hash_: str, *, data: bytes | None = None, file: BinaryIO | None = None,
+                 size: int | None = None, trace: Trace | None = None):
+        if data is None and file is None:
+            raise ValueError("a Blob needs data or a file")
+        self.hash = hash_
+        self._data = data
+        self.file = file
+        self.size = len(data) if data is not None else (size if size is not None else os.fstat(file.fileno()).st_size)
+        self.trace = trace if trace is not None else Trace()
+
+    @property
+    def data(self) -> bytes:
+        """The blob's bytes (read from the file once if file-backed)."""
+        if self._data is None:
+            self._data = os.pread(self.file.fileno(), self.size, 0)
+            if len(self._data) != self.size:
+                raise OSError(f"short read of blob {self.hash[:8]}: {len(self._data)} of {self.size} bytes")
+        return self._data
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+    def __enter__(self) -> Blob:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class BlobStore:
+    """has / get / put / put_sd / delete; `get` raises BlobNotFound when the blob is absent."""
+
+    name = "store"
+
+    def has(self, hash_: str) -> bool:
+        raise NotImplementedByStore()
+
+    def get(self, hash_: str) -> Blob:
+        raise NotImplementedByStore()
+
+    def put(self, hash_: str, data: bytes) -> None:
+        raise NotImplementedByStore()
+
+    def put_sd(self, hash_: str, data: bytes) -> None:
+        """Store an sd blob; stores that index streams parse it, the rest store it like any blob."""
+        self.put(hash_, data)
+
+    def delete(self, hash_: str) -> None:
+        raise NotImplementedByStore()
+
+    def shutdown(self) -> None:
+        pass
+
+    def get_bytes(self, hash_: str) -> bytes:
+        with self.get(hash_) as blob:
+            return blob.data
+
+
+class NeededBlobsChecker:
+    """Capability: list the content blobs of a known stream that are not stored yet."""
+
+    def missing_blobs_for_known_stream(self, sd_hash: str) -> list[str]:
+        raise NotImplementedError
+
+
+class Blocklister:
+    """Capability: refuse uploads of blocked sd hashes."""
+
+    def block(self, hash_: str) -> None:
+        raise NotImplementedError
+
+    def is_blocked(self, hash_: str) -> bool:
+        raise NotImplementedError
