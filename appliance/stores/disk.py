@@ -1,0 +1,170 @@
+"""Local disk storage in reflector.go's layout (`<root>/<h[0:2]>/<h>`), written atomically."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+
+from appliance.blob import check_hash, is_valid_hash
+from appliance.errors import BlobNotFound
+from appliance.stores.base import Blob, BlobStore
+from appliance.trace import Trace
+
+log = logging.getLogger("store")
+
+# A put holds its temp file for one write + fsync; anything older was left by a crash.
+STALE_TEMP_SECONDS = 600.0
+
+
+class DiskStore(BlobStore):
+    """Blobs as files; a put writes a unique temp file under `<root>/tmp/`, fsyncs it and renames it in.
+
+    A reader gets an open file, so a concurrent delete (eviction) cannot break a transfer in progress.
+    Several processes may share one root: temp names carry the writer's pid and a random part.
+    """
+
+    name = "disk"
+
+    def __init__(self, root: str, prefix_len: int = 2):
+        self.root = os.path.abspath(root)
+        self.prefix_len = prefix_len
+        self.tmp_dir = os.path.join(self.root, "tmp")
+        os.makedirs(self.tmp_dir, exist_ok=True)
+        self.remove_stale_temp_files()
+
+    def path(self, hash_: str) -> str:
+        """The final path of a blob (the hash is validated first: it becomes a file name)."""
+        check_hash(hash_)
+        if self.prefix_len > 0:
+            return os.path.join(self.root, hash_[: self.prefix_len], hash_)
+        return os.path.join(self.root, hash_)
+
+    def has(self, hash_: str) -> bool:
+        try:
+            os.stat(self.path(hash_))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def get(self, hash_: str) -> Blob:
+        started = time.monotonic_ns()
+        try:
+            f = open(self.path(hash_), "rb", buffering=0)
+        except FileNotFoundError:
+            raise BlobNotFound(trace=Trace.new(self.name, started)) from None
+        try:
+            return Blob(hash_, file=f, trace=Trace.new(self.name, started))
+        except BaseException:
+            f.close()
+            raise
+
+    def put(self, hash_: str, data: bytes) -> None:
+        final = self.path(hash_)
+        tmp = os.path.join(self.tmp_dir, f"{hash_}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            parent = os.path.dirname(final)
+            created = self._ensure_dir(parent)
+            os.rename(tmp, final)  # atomic: readers see nothing or the whole blob
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        _fsync_dir(parent)  # make the rename itself durable
+        if created:
+            _fsync_dir(os.path.dirname(parent))
+
+    def delete(self, hash_: str) -> None:
+        try:
+            os.unlink(self.path(hash_))
+        except FileNotFoundError:
+            pass
+
+    def list(self) -> list[str]:
+        """Every stored blob hash (names that are not valid hashes, and `tmp/`, are skipped)."""
+        return list(self.iter_hashes())
+
+    def iter_hashes(self):
+        """Yield stored hashes without building the whole list (for very large directories)."""
+        if self.prefix_len <= 0:
+            yield from self._hashes_in(self.root, "")
+            return
+        with os.scandir(self.root) as top:
+            for entry in top:
+                if entry.name != "tmp" and len(entry.name) == self.prefix_len and entry.is_dir(follow_symlinks=False):
+                    yield from self._hashes_in(entry.path, entry.name)
+
+    @staticmethod
+    def _hashes_in(directory: str, prefix: str):
+        with os.scandir(directory) as it:
+            for entry in it:
+                if is_valid_hash(entry.name) and entry.name.startswith(prefix) and entry.is_file(follow_symlinks=False):
+                    yield entry.name
+
+    def remove_stale_temp_files(self) -> int:
+        """Delete temp files left by crashed writers (dead pid, or older than STALE_TEMP_SECONDS)."""
+        removed = 0
+        now = time.time()
+        with os.scandir(self.tmp_dir) as it:
+            for entry in it:
+                try:
+                    stale = not _pid_alive(_temp_owner(entry.name)) or now - entry.stat().st_mtime > STALE_TEMP_SECONDS
+                except FileNotFoundError:
+                    continue
+                if stale and _unlink_quietly(entry.path):
+                    removed += 1
+        if removed:
+            log.info("removed %d unfinished temp file(s) from %s", removed, self.tmp_dir)
+        return removed
+
+    def _ensure_dir(self, directory: str) -> bool:
+        try:
+            os.mkdir(directory, 0o755)
+            return True
+        except FileExistsError:
+            return False
+
+
+def _temp_owner(name: str) -> int:
+    """The writer pid in `<hash>.<pid>.<random>.tmp`; 0 for names we did not write."""
+    parts = name.split(".")
+    if len(parts) == 4 and parts[1].isdigit():
+        return int(parts[1])
+    return 0
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: str) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
