@@ -1,0 +1,138 @@
+"""GeventServer: accepts on a listening socket it does not own, and tracks connections and requests.
+
+The caller (the supervisor, before forking) creates the listening socket; a respawned worker reuses it.
+So stopping never closes it: the server accepts from a duplicate of the descriptor and closes only that.
+
+    server.start()                      # begin accepting (returns at once)
+    server.stop_accepting()             # graceful stop, step 1
+    server.wait_idle(graceful_timeout)  # step 2: True once no connection is mid-request
+    server.close_connections()          # step 3 (alone: fast stop)
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+import gevent
+from gevent.event import Event
+from gevent.server import StreamServer
+
+from appliance import metrics
+
+log = logging.getLogger("server")
+
+
+class _Busy:
+    """Context manager marking one request in progress (see GeventServer.busy)."""
+
+    __slots__ = ("server",)
+
+    def __init__(self, server: GeventServer):
+        self.server = server
+
+    def __enter__(self) -> None:
+        server = self.server
+        server._busy += 1
+        server._idle.clear()
+
+    def __exit__(self, *exc) -> None:
+        server = self.server
+        server._busy -= 1
+        server.requests += 1
+        if server._busy == 0:
+            server._idle.set()
+
+
+class GeventServer:
+    """Base of the three blob servers; subclasses implement `handle(sock, address)`.
+
+    `handle` wraps each request (not the idle wait before it) in `with self.busy:` and returns when the
+    connection should close; the base closes the socket. `stopping` is set by stop_accepting(): a
+    keep-alive handler finishes the request in progress and then closes the connection.
+    """
+
+    name = "server"
+
+    def __init__(self, listener: socket.socket):
+        self.listener = listener
+        self.connections = 0  # open now
+        self.requests = 0  # served so far
+        self.stopping = False
+        self._busy = 0
+        self._idle = Event()
+        self._idle.set()
+        self._sockets: dict = {}  # greenlet -> client socket
+        self._server: StreamServer | None = None
+        self._gauge = metrics.CONNECTIONS.labels(server=self.name)
+        self.busy = _Busy(self)
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Begin accepting (non-blocking): the accept loop runs in the gevent hub."""
+        self.stopping = False
+        if self._server is None:
+            dup = socket.socket(self.listener.family, self.listener.type, self.listener.proto,
+                                fileno=os.dup(self.listener.fileno()))
+            dup.setblocking(False)  # gevent's accept loop must never block the hub
+            self._server = StreamServer(dup, self._serve)
+            self._server.max_accept = 16  # fairness between SO_REUSEPORT workers and the hub's other work
+            self._server.start()
+        else:
+            self._server.start_accepting()
+
+    @property
+    def address(self) -> tuple:
+        return self.listener.getsockname()
+
+    def stop_accepting(self) -> None:
+        """Stop taking new connections; the listening socket stays open (its owner closes it)."""
+        self.stopping = True
+        if self._server is not None:
+            self._server.stop_accepting()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """True once no connection is in the middle of a request or transfer (idle keep-alives don't count)."""
+        return self._idle.wait(timeout)
+
+    def close_connections(self) -> None:
+        """Fast stop: close every client connection and end its handler."""
+        self.stop_accepting()
+        # Killing first lets each handler unwind (its `finally` closes the socket) instead of failing on
+        # a descriptor closed under it.
+        gevent.killall(list(self._sockets), block=True, timeout=5)
+        for sock in list(self._sockets.values()):
+            _close_quietly(sock)
+
+    def close(self) -> None:
+        """Stop completely and release our duplicate of the listening descriptor."""
+        self.close_connections()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    # -- per connection -----------------------------------------------------------------------------------
+    def _serve(self, sock, address) -> None:
+        current = gevent.getcurrent()
+        self._sockets[current] = sock
+        self.connections += 1
+        self._gauge.inc()
+        try:
+            self.handle(sock, address)
+        except Exception:
+            log.exception("%s: unexpected error on a connection from %s", self.name, address[0])
+        finally:
+            self.connections -= 1
+            self._gauge.dec()
+            self._sockets.pop(current, None)
+            _close_quietly(sock)
+
+    def handle(self, sock, address) -> None:
+        raise NotImplementedError
+
+
+def _close_quietly(sock) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
