@@ -60,6 +60,8 @@ SETTINGS: list[Setting] = [
     S("http3_peer_port", "int", 5568, "HTTP/3 blob port (UDP); 0 disables HTTP/3", "ports"),
     S("http_peer_port", "int", 5569, "HTTP blob port", "ports"),
     S("metrics_port", "int", 2112, "Prometheus /metrics port", "ports"),
+    S("listen_address", "str", "", "IPv4 address the TCP servers listen on; empty = all interfaces (reflector.go)",
+      "ports"),
     # --- behaviour (reflector.go's flags) -------------------------------------------------------------
     S("disable_uploads", "bool", False, "do not run the upload receiver", "reflector"),
     S("disable_blocklist", "bool", False, "do not refresh or apply the blocklist", "reflector"),
