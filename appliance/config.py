@@ -62,6 +62,8 @@ SETTINGS: list[Setting] = [
     S("metrics_port", "int", 2112, "Prometheus /metrics port", "ports"),
     S("listen_address", "str", "", "IPv4 address the TCP servers listen on; empty = all interfaces (reflector.go)",
       "ports"),
+    S("standalone_peer_port", "int", 3333, "TCP peer port of `prism peer` (reflector.go: always 3333)", "ports",
+      flag="--port"),
     # --- behaviour (reflector.go's flags) -------------------------------------------------------------
     S("disable_uploads", "bool", False, "do not run the upload receiver", "reflector"),
     S("disable_blocklist", "bool", False, "do not refresh or apply the blocklist", "reflector"),
@@ -93,6 +95,9 @@ SETTINGS: list[Setting] = [
     S("peer_idle_timeout", "float", 60.0, "TCP peer connections idle longer than this are closed", "reflector"),
     S("log_file", "str", "", "also write the log to this file (reopened on USR1); empty = stderr only",
       "logging"),
+    S("secrets_file", "str", "",
+      "TOML file of secret settings (S3 keys, DB password) merged over this file; a missing file is ignored",
+      flag=""),
     S("localdb_conn", "str", LOCALDB_DSN, "MySQL DSN of the localdb cache manager's access-time table", "cache"),
     # --- HTTP/3 ---------------------------------------------------------------------------------------
     S("disable_http3", "bool", False, "do not run the HTTP/3 server", "http3"),
@@ -182,6 +187,23 @@ def load_file(path: str) -> dict[str, Any]:
             values = tomllib.loads(raw.decode())
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot parse config file {path}: {exc}") from None
+    if values.get("secrets_file"):
+        values = {**values, **_load_secrets(os.path.join(os.path.dirname(path), str(values["secrets_file"])))}
+    return values
+
+
+def _load_secrets(path: str) -> dict[str, Any]:
+    """A secrets file's values (TOML), to merge over the config file's; a missing file means none."""
+    try:
+        with open(path, "rb") as f:
+            values = tomllib.loads(f.read().decode())
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read secrets file {path}: {exc.strerror}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot parse secrets file {path}: {exc}") from None
+    values.pop("secrets_file", None)  # no chains of secrets files
     return values
 
 
