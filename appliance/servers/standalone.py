@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--header-timeout", type=float, default=10.0)
     parser.add_argument("--send-timeout", type=float, default=60.0)
     parser.add_argument("--queue-size", type=int, default=200)
+    parser.add_argument("--disable-uploads", action="store_true")
+    parser.add_argument("--print-metrics", action="store_true", help="print this process's metrics on exit")
     parser.add_argument("--processes", type=int, default=1,
                         help="fork this many servers, each on its own SO_REUSEPORT socket (as the appliance)")
     args = parser.parse_args(argv)
@@ -132,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         children.append(pid)
     print("ready " + json.dumps(ports), flush=True)
     _run(args, slots[0])
+    if args.print_metrics:
+        from appliance import metrics
+
+        sys.stdout.write(metrics.render().decode())
     for pid in children:
         try:
             os.kill(pid, signal.SIGTERM)
@@ -148,7 +154,8 @@ def _run(args, sockets: dict) -> None:
     if "receiver" in sockets:
         from appliance.servers.receiver import ReceiverServer
 
-        servers.append(ReceiverServer(sockets["receiver"], store, store, timeout=args.upload_timeout))
+        servers.append(ReceiverServer(sockets["receiver"], store, store, timeout=args.upload_timeout,
+                                      disable_uploads=args.disable_uploads))
     if "peer" in sockets:
         from appliance.servers.peer import PeerServer
 

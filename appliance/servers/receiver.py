@@ -1,0 +1,167 @@
+"""Reflector upload receiver (:5566), spec §3a and lbry-sdk-wire.md "Reflector upload".
+
+Per connection: handshake (version 0 or 1, echoed), then any number of send requests, each an sd blob or
+a content blob. A blob is checked (size, hash format, SHA-384; an sd blob must be a valid stream
+descriptor), stored through `store`, and only then acknowledged. Any error closes the connection with
+nothing stored and no error message (LBRY clients do not parse one); it is counted with reflector.go's
+error_type and logged only when unclassified.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+from appliance import metrics
+from appliance.blob import blob_hash, check_hash
+from appliance.errors import BlobNotFound, HashMismatch, UnexpectedEOF
+from appliance.protocol import reflector as codec
+from appliance.protocol.framing import JsonFramer
+from appliance.servers.base import GeventServer
+from appliance.stores.base import NeededBlobsChecker
+from appliance.stream import InvalidStreamDescriptor, parse_sd_blob
+
+log = logging.getLogger("reflector")
+
+MAX_MESSAGE_BYTES = 64 * 1024
+_RECV_CHUNK = 1 << 20
+
+
+class _Closed(Exception):
+    """The client ended the session cleanly between messages."""
+
+
+def content_blob_hashes(sd_data: bytes) -> list[str]:
+    """The content blob hashes of a valid stream descriptor; InvalidStreamDescriptor otherwise."""
+    return [b.blob_hash for b in parse_sd_blob(sd_data).content_blobs]
+
+
+class ReceiverServer(GeventServer):
+    """`store` takes the writes (put/put_sd); `underlying` answers has() and, if it can, needed_blobs."""
+
+    name = "receiver"
+
+    def __init__(self, listener, store, underlying, *, timeout: float = 180.0, blocked=None,
+                 disable_uploads: bool = False):
+        super().__init__(listener)
+        self.store = store
+        self.underlying = underlying
+        self.timeout = timeout
+        self.blocked = blocked
+        self.disable_uploads = disable_uploads
+
+    def handle(self, sock, address) -> None:
+        if self.disable_uploads:
+            return  # uploads are off: the connection is closed before anything is read
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        framer = JsonFramer(max_json=MAX_MESSAGE_BYTES, require_brace=False)
+        try:
+            version = codec.parse_handshake(self._read_json(sock, framer))
+            self._send(sock, codec.encode_handshake_response(version))
+            while not self.stopping:
+                request = self._read_json(sock, framer)
+                with self.busy:
+                    self._receive(sock, framer, request)
+        except _Closed:
+            pass
+        except Exception as exc:
+            kind = metrics.count_error("upload", exc)
+            if kind == "other":
+                log.warning("reflector: upload from %s aborted: %s", address[0], exc)
+
+    # -- one send request ---------------------------------------------------------------------------------
+    def _receive(self, sock, framer: JsonFramer, obj: dict) -> None:
+        request = codec.parse_send_request(obj)
+        check_hash(request.hash)
+        h = request.hash
+        blocked = request.is_sd and self.blocked is not None and self.blocked(h)
+        wants = not blocked and not self.underlying.has(h)
+        if request.is_sd and not wants:
+            if blocked:
+                needed: list[str] | None = []  # refused: nothing of a blocked stream is asked for
+            else:
+                needed = self._needed_blobs(h)
+            if needed is not None:
+                self._send(sock, codec.encode_sd_response(False, needed))
+                return
+            wants = True  # the stored sd blob could not be read: ask for it again
+        self._send(sock, codec.encode_sd_response(wants) if request.is_sd else codec.encode_blob_response(wants))
+        if not wants:
+            return
+        data = self._read_blob(sock, framer, request.size)
+        if blob_hash(data) != h:
+            self._refuse(sock, request.is_sd)
+            raise HashMismatch()
+        if request.is_sd:
+            try:
+                content_blob_hashes(data)
+            except InvalidStreamDescriptor:
+                self._refuse(sock, True)
+                raise
+            self.store.put_sd(h, data)
+            metrics.SDBLOB_UPLOAD_TOTAL.inc()
+        else:
+            self.store.put(h, data)
+        metrics.REFLECTOR_IN_BYTES.inc(len(data))
+        metrics.BLOB_UPLOAD_TOTAL.inc()
+        self._send(sock, codec.encode_receipt(request.is_sd, True))  # only now: the blob is durable
+
+    def _needed_blobs(self, sd_hash: str) -> list[str] | None:
+        """Content blobs of a known stream that are not stored; None if the stored sd blob is unusable."""
+        if isinstance(self.underlying, NeededBlobsChecker):
+            return self.underlying.missing_blobs_for_known_stream(sd_hash)
+        try:
+            hashes = content_blob_hashes(self.underlying.get_bytes(sd_hash))
+        except (BlobNotFound, InvalidStreamDescriptor) as exc:
+            log.info("reflector: stored sd blob %s unusable (%s): asking for it again", sd_hash[:8], exc)
+            return None
+        return [h for h in dict.fromkeys(hashes) if not self.underlying.has(h)]
+
+    # -- socket helpers -----------------------------------------------------------------------------------
+    def _read_json(self, sock, framer: JsonFramer) -> dict:
+        """The next message; each must arrive whole within `timeout` (reflector.go's per-read deadline)."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            obj = framer.next_json()
+            if obj is not None:
+                return obj
+            sock.settimeout(_remaining(deadline))
+            chunk = sock.recv(65536)
+            if not chunk:
+                framer.finish()  # raises when the stream ended inside a message
+                raise _Closed()
+            framer.feed(chunk)
+
+    def _read_blob(self, sock, framer: JsonFramer, size: int) -> bytes:
+        """Exactly `size` raw bytes, all within one `timeout`."""
+        data = bytearray(size)
+        view = memoryview(data)
+        got = framer.take_available(size)
+        view[: len(got)] = got
+        filled = len(got)
+        deadline = time.monotonic() + self.timeout
+        while filled < size:
+            sock.settimeout(_remaining(deadline))
+            n = sock.recv_into(view[filled:], min(size - filled, _RECV_CHUNK))
+            if n == 0:
+                raise UnexpectedEOF()
+            filled += n
+        return bytes(data)
+
+    def _send(self, sock, message: bytes) -> None:
+        sock.settimeout(self.timeout)
+        sock.sendall(message)
+
+    def _refuse(self, sock, is_sd: bool) -> None:
+        """The `false` receipt reflector.go sends before it drops a bad upload."""
+        try:
+            self._send(sock, codec.encode_receipt(is_sd, False))
+        except OSError:
+            pass
+
+
+def _remaining(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("i/o timeout")
+    return left
