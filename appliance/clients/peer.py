@@ -1,0 +1,106 @@
+"""TCP peer protocol client: download blobs from a reflector or LBRY node (spec §3b, §3e).
+
+    with PeerClient("127.0.0.1", 5567, timeout=30) as client:
+        data = client.get_blob(h, expected_length=None)   # verified bytes; BlobNotFound; HashMismatch
+        present = client.has_blobs([h1, h2, ...])         # the subset the server has
+
+One connection is opened lazily and reused for every call; requests are the LBRY SDK's (under 512
+bytes, so reflector.go servers accept them). A reused connection that the server closed while idle is
+re-opened once, transparently. After a protocol error or a hash mismatch the connection is dropped
+(the next call opens a fresh one); a not-found answer leaves it usable.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from appliance import metrics
+from appliance.blob import blob_hash, check_hash
+from appliance.clients.connection import ClosedBeforeReply, Connection
+from appliance.errors import BlobNotFound, HashMismatch, ProtocolError
+from appliance.protocol import peer as codec
+from appliance.protocol.framing import JsonFramer
+
+MAX_RESPONSE_HEADER = 64 * 1024
+
+
+class PeerClient:
+    def __init__(self, host: str, port: int, timeout: float = 30.0):
+        self.host, self.port, self.timeout = host, port, timeout
+        self._conn: Connection | None = None
+        self._exchanges = 0  # completed request/response pairs on the current connection
+
+    def __enter__(self) -> PeerClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def get_blob(self, hash_: str, expected_length: int | None = None) -> bytes:
+        """Download one blob and verify its SHA-384."""
+        check_hash(hash_)
+        header = self._exchange(codec.encode_request(hash_), "response header")
+        try:
+            resp = codec.parse_response(header)
+            if resp is None:
+                raise ProtocolError(f"{self._address}: not a peer protocol response: {sorted(header)[:5]}")
+            length = codec.accept_blob(resp, hash_, expected_length)
+        except BlobNotFound:
+            raise
+        except Exception:
+            self.close()
+            raise
+        try:
+            data = self._conn.read_raw(length, f"blob {hash_[:8]}")
+        except Exception:
+            self.close()
+            raise
+        metrics.TCP_IN_BYTES.inc(len(data))
+        if blob_hash(data) != hash_:
+            self.close()
+            raise HashMismatch(f"blob {hash_[:8]} from {self._address}: received data does not match its hash")
+        return data
+
+    def has_blobs(self, hashes: Iterable[str]) -> set[str]:
+        """The hashes among `hashes` that the server says it has."""
+        wanted = [check_hash(h) for h in hashes]
+        present: set[str] = set()
+        for request in codec.encode_availability_requests(wanted):
+            header = self._exchange(request, "availability response")
+            resp = codec.parse_response(header)
+            if resp is None or resp.available_blobs is None:
+                self.close()
+                raise ProtocolError(f"{self._address}: not an availability response")
+            present.update(resp.available_blobs)
+        return present & set(wanted)
+
+    @property
+    def _address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _exchange(self, request: bytes, what: str) -> dict:
+        """Send a request and read the JSON header of its answer, reconnecting once if an idle
+        connection turns out to be closed."""
+        while True:
+            reused = self._conn is not None and self._exchanges > 0
+            if self._conn is None:
+                framer = JsonFramer(max_json=MAX_RESPONSE_HEADER, require_brace=True)
+                self._conn = Connection(self.host, self.port, self.timeout, framer)
+                self._exchanges = 0
+            try:
+                self._conn.send(request)
+                header = self._conn.read_json(what)
+            except (ClosedBeforeReply, ConnectionResetError, BrokenPipeError):
+                self.close()
+                if reused:
+                    continue  # the fresh connection has no exchanges, so this retries only once
+                raise
+            except Exception:
+                self.close()
+                raise
+            self._exchanges += 1
+            return header
