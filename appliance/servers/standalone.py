@@ -108,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
 
     monkey.patch_all()
     import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one descriptor per client connection
 
     from appliance import logs
 
