@@ -121,6 +121,8 @@ SETTINGS: list[Setting] = [
       "blocklist"),
     S("wallet_servers", "list", LBRY_WALLET_SERVERS, "LBRY wallet servers (host:port) for claim lookups",
       "blocklist"),
+    S("wallet_timeout", "float", 10.0, "seconds to wait for a wallet server's reply (reflector.go: 1 s)", "blocklist"),
+    S("blocklist_timeout", "float", 300.0, "seconds one refresh of LBRY's blocklist may take in all", "blocklist"),
     S("protected_content_url", "str", "https://api.odysee.com/file/list_protected",
       "list of protected sd hashes; empty = nothing is protected", "protected"),
     S("protected_fail_closed", "bool", False,
