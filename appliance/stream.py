@@ -37,7 +37,7 @@ __all__ = [
     "STREAM_TYPE", "KEY_SIZE", "IV_SIZE", "InvalidStreamDescriptor", "DecryptionError", "StreamMismatch",
     "pkcs7_pad", "pkcs7_unpad", "encrypt_blob", "decrypt_blob", "BlobInfo", "StreamDescriptor",
     "compute_stream_hash", "parse_sd_blob", "StreamEncoder", "MadeStream", "make_stream", "FileBlobReader",
-    "decrypt_stream", "sanitize_file_name", "read_full",
+    "decrypt_stream", "sanitize_file_name", "read_full", "write_atomic",
 ]
 
 STREAM_TYPE = "lbryfile"
@@ -302,7 +302,8 @@ class MadeStream:
     source_length: int
 
 
-def _write_atomic(directory: str, name: str, data: bytes) -> None:
+def write_atomic(directory: str, name: str, data: bytes) -> None:
+    """Write `directory/name` through a unique temp file, fsynced and renamed: never half-visible."""
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name[:16]}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -333,14 +334,14 @@ def make_stream(path: str, *, out_dir: str | None = None, template: StreamDescri
         encoder = StreamEncoder(f, key=key, ivs=ivs, **names)
         for info, data in encoder.blobs():
             if out_dir is not None:
-                _write_atomic(out_dir, info.blob_hash, data)
+                write_atomic(out_dir, info.blob_hash, data)
             if on_blob is not None:
                 on_blob(info, data)
     descriptor = encoder.descriptor
     if template is not None and descriptor.same_stream(template):
         descriptor = template
     if out_dir is not None:
-        _write_atomic(out_dir, descriptor.sd_hash, descriptor.raw)
+        write_atomic(out_dir, descriptor.sd_hash, descriptor.raw)
     return MadeStream(descriptor, encoder.source_hash, encoder.source_length)
 
 
