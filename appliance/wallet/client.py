@@ -179,11 +179,15 @@ class WalletClient:
         for address in candidates:
             try:
                 self._conn = self._open(address)
-                log.debug("wallet connected to %s", address)
-                return address
             except WalletError as exc:
                 failures.append(str(exc))
-                log.info("wallet server %s", exc)
+                log.debug("wallet server %s", exc)
+                continue
+            if failures:
+                log.info("wallet connected to %s after failures: %s", address, "; ".join(failures))
+            else:
+                log.debug("wallet connected to %s", address)
+            return address
         raise WalletError("failed to connect to a wallet server: " + "; ".join(failures))
 
     def _open(self, address: str) -> _Connection:
