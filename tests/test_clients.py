@@ -297,12 +297,17 @@ def test_http_client(server):
 
 # -- against the real gevent servers ----------------------------------------------------------------------
 
-def test_clients_against_the_real_peer_and_http_servers(tmp_path, stream_a):
+def test_clients_against_the_real_receiver_peer_and_http_servers(tmp_path, stream_a):
     sd_hash, sd, blobs = stream_a
-    for h, data in {sd_hash: sd, **blobs}.items():
-        (tmp_path / h[:2]).mkdir(exist_ok=True)
-        (tmp_path / h[:2] / h).write_bytes(data)
-    with ServerProcess("--store", f"disk:{tmp_path}", "--peer-port", "0", "--http-port", "0") as srv:
+    with ServerProcess("--store", f"disk:{tmp_path}", "--receiver-port", "0", "--peer-port", "0",
+                       "--http-port", "0") as srv:
+        with ReflectorClient("127.0.0.1", srv.ports["receiver"], timeout=10) as client:
+            stats = client.send_stream(sd_hash, sd, blobs.__getitem__)
+        assert (stats.sd_sent, stats.blobs_sent) == (True, 3)
+        assert (tmp_path / sd_hash[:2] / sd_hash).read_bytes() == sd
+        with ReflectorClient("127.0.0.1", srv.ports["receiver"], timeout=10) as client:
+            again = client.send_stream(sd_hash, sd, blobs.__getitem__)
+        assert (again.sd_sent, again.blobs_sent) == (False, 0)
         with PeerClient("127.0.0.1", srv.ports["peer"], timeout=10) as client:
             desc = parse_sd_blob(client.get_blob(sd_hash))
             for info in desc.content_blobs:
