@@ -114,7 +114,8 @@ def from_v1_protobuf(data: bytes) -> Migrated:
     claim: dict[str, Any] = {"stream": stream, "title": meta["title"], "description": meta["description"]}
     if meta.get("thumbnail"):
         claim["thumbnail"] = {"url": meta["thumbnail"]}
-    claim["languages"] = [{"language": meta["language"]}]
+    if meta["language"]:
+        claim["languages"] = [{"language": meta["language"]}]
     if meta["nsfw"]:
         claim["tags"] = ["mature"]
     if "fee" in meta:
