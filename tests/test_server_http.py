@@ -1,6 +1,9 @@
 import http.client
+import json
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 from server_process import ServerProcess, closed_by_peer, recv_exactly
@@ -188,3 +191,72 @@ def recv_until_close(sock):
         if not chunk:
             return data
         data += chunk
+
+
+def test_downloads_are_counted(tmp_path):
+    store = DiskStore(str(tmp_path))
+    data = os.urandom(9000)
+    h = blob_hash(data)
+    store.put(h, data)
+    with ServerProcess("--store", f"disk:{tmp_path}", "--http-port", "0", "--print-metrics") as srv:
+        conn = _conn(srv)
+        for _ in range(3):
+            conn.request("GET", f"/blob?hash={h}")
+            assert conn.getresponse().read() == data
+        conn.close()
+        out, _ = srv.stop()
+    series = dict(line.rsplit(" ", 1) for line in out.splitlines() if line and not line.startswith("#"))
+    assert float(series["reflector_http_out_bytes"]) == 3 * len(data)
+    assert float(series["reflector_http_blob_download_total"]) == 3
+    assert float(series["reflector_blob_download_total"]) == 3
+    assert float(series["reflector_http_blob_request_queue_size"]) == 0
+
+
+QUEUE_SCRIPT = r"""
+from gevent import monkey
+monkey.patch_all()
+import json, socket, time
+import gevent
+from appliance import metrics
+from appliance.blob import blob_hash
+from appliance.servers.http import HttpServer
+from appliance.servers.standalone import listen
+from appliance.stores.memory import MemoryStore
+
+class Slow(MemoryStore):
+    running = peak = 0
+    def get(self, hash_):
+        Slow.running += 1
+        Slow.peak = max(Slow.peak, Slow.running)
+        time.sleep(0.05)
+        Slow.running -= 1
+        return super().get(hash_)
+
+store = Slow()
+store.put(blob_hash(b"x"), b"x")
+listener = listen("127.0.0.1", 0)
+server = HttpServer(listener, store, queue_size=2)
+server.start()
+queued = []
+
+def get():
+    sock = socket.create_connection(listener.getsockname())
+    sock.sendall(f"GET /blob?hash={blob_hash(b'x')} HTTP/1.1\r\n\r\n".encode())
+    data = b""
+    while not data.endswith(b"x"):
+        data += sock.recv(4096)
+    queued.append(metrics.HTTP_QUEUE_SIZE._value.get())
+    return data.startswith(b"HTTP/1.1 200")
+
+jobs = [gevent.spawn(get) for _ in range(10)]
+gevent.joinall(jobs, raise_error=True)
+print(json.dumps({"ok": all(j.value for j in jobs), "peak": Slow.peak, "max_queued": max(queued)}))
+"""
+
+
+def test_queue_size_bounds_concurrent_gets():
+    out = subprocess.run([sys.executable, "-c", QUEUE_SCRIPT], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["ok"] and result["peak"] == 2  # ten clients at once, never more than two in the store
+    assert result["max_queued"] > 2  # the others were waiting their turn

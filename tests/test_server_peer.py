@@ -140,3 +140,26 @@ def test_a_blob_bigger_than_the_socket_buffer_is_sent_whole(tmp_path):
             header, rest = recv_json(sock)
             length = _sdk_accepts(header, h, len(data))
             assert rest + recv_exactly(sock, length - len(rest)) == data
+
+
+def test_downloads_are_counted(tmp_path):
+    disk = DiskStore(str(tmp_path))
+    data = os.urandom(7000)
+    h = blob_hash(data)
+    disk.put(h, data)
+    with ServerProcess("--store", f"disk:{tmp_path}", "--peer-port", "0", "--print-metrics") as srv:
+        with srv.connect("peer") as sock:
+            for wanted in (h, h, blob_hash(b"absent")):
+                sock.sendall(codec.encode_request(wanted))
+                header, rest = recv_json(sock)
+                length = header["incoming_blob"]["length"]
+                recv_exactly(sock, length - len(rest))
+        with srv.connect("peer") as sock:
+            sock.sendall(b"garbage")
+            sock.recv(10)
+        out, _ = srv.stop()
+    series = dict(line.rsplit(" ", 1) for line in out.splitlines() if line and not line.startswith("#"))
+    assert float(series["reflector_tcp_out_bytes"]) == 2 * len(data)
+    assert float(series["reflector_blob_download_total"]) == 2
+    assert float(series["reflector_peer_download_total"]) == 2
+    assert float(series['reflector_error_total{direction="download",error_type="invalid_peer_data"}']) == 1

@@ -1,6 +1,8 @@
 import io
 import json
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -249,3 +251,50 @@ def test_disabled_uploads_close_every_connection():
     with _server("--disable-uploads") as srv, srv.connect("receiver") as sock:
         sock.sendall(codec.encode_handshake(1))
         assert closed_by_peer(sock)
+
+
+def test_a_blocked_stream_is_refused():
+    with _server("--blocked", SD_HASH) as srv:
+        with srv.connect("receiver") as sock:
+            handshake(sock)
+            assert offer(sock, SD_HASH, SD, sd=True) == ({"send_sd_blob": False}, None)
+        assert available(srv, [SD_HASH]) == []
+
+
+NEEDED_SCRIPT = r"""
+from gevent import monkey
+monkey.patch_all()
+import json, socket, sys
+from appliance.blob import blob_hash
+from appliance.protocol import reflector as codec
+from appliance.servers.receiver import ReceiverServer
+from appliance.servers.standalone import listen
+from appliance.stores.base import NeededBlobsChecker
+from appliance.stores.memory import MemoryStore
+
+MISSING = [blob_hash(bytes([i])) for i in range(4)]
+
+class Indexed(MemoryStore, NeededBlobsChecker):
+    # a store with a stream index (as the DB-backed store has): it lists a known stream's missing blobs
+    def missing_blobs_for_known_stream(self, sd_hash):
+        return MISSING
+
+store = Indexed()
+sd = b"x" * 96
+store.put(blob_hash(sd), sd)  # not even a stream descriptor: the index answers, not the sd blob
+listener = listen("127.0.0.1", 0)
+server = ReceiverServer(listener, store, store)
+server.start()
+sock = socket.create_connection(listener.getsockname())
+sock.sendall(codec.encode_handshake(1))
+sock.recv(100)
+sock.sendall(codec.encode_sd_request(blob_hash(sd), 96))
+print(json.dumps([json.loads(sock.recv(1000)), MISSING]))
+"""
+
+
+def test_needed_blobs_come_from_a_store_that_indexes_streams():
+    out = subprocess.run([sys.executable, "-c", NEEDED_SCRIPT], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    answer, missing = json.loads(out.stdout)
+    assert answer == {"send_sd_blob": False, "needed_blobs": missing}

@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--send-timeout", type=float, default=60.0)
     parser.add_argument("--queue-size", type=int, default=200)
     parser.add_argument("--disable-uploads", action="store_true")
+    parser.add_argument("--blocked", action="append", default=[], metavar="SD_HASH", help="refuse this stream")
     parser.add_argument("--print-metrics", action="store_true", help="print this process's metrics on exit")
     parser.add_argument("--processes", type=int, default=1,
                         help="fork this many servers, each on its own SO_REUSEPORT socket (as the appliance)")
@@ -159,6 +160,7 @@ def _run(args, sockets: dict) -> None:
         from appliance.servers.receiver import ReceiverServer
 
         servers.append(ReceiverServer(sockets["receiver"], store, store, timeout=args.upload_timeout,
+                                      blocked=set(args.blocked).__contains__ if args.blocked else None,
                                       disable_uploads=args.disable_uploads))
     if "peer" in sockets:
         from appliance.servers.peer import PeerServer
