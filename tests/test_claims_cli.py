@@ -44,12 +44,22 @@ def test_decode_legacy_signed_stream():
     assert "❤️" in out.stdout  # UTF-8 text is printed as such
 
 
-def test_decode_channel_has_no_sd_line():
+def test_decode_channel_and_repost_have_no_sd_line():
     key = os.urandom(33)
     out = prism("decode", encode_value({"channel": {"public_key": key}, "title": "chan"}).hex())
     assert out.returncode == 0, out.stderr
     doc, sd = split_output(out.stdout)
     assert sd is None and doc == {"channel": {"publicKey": key.hex()}, "title": "chan"}
+
+    signature = os.urandom(64)
+    reposted = "12" * 20
+    value = encode_value({"repost": {"claim_hash": bytes.fromhex(reposted)[::-1]}}, signing_channel_id="34" * 20,
+                         signature=signature)
+    out = prism("decode", value.hex())
+    assert out.returncode == 0, out.stderr
+    doc, sd = split_output(out.stdout)
+    assert sd is None
+    assert doc == {"repost": {"claimId": reposted}, "signingChannelId": "34" * 20, "signature": signature.hex()}
 
 
 def test_decode_errors():
