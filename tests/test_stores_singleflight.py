@@ -58,7 +58,7 @@ class _Handler(BaseHTTPRequestHandler):
 def slow_origin():
     data = os.urandom(100_000)
     server = SlowOrigin({blob_hash(data): data})
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     yield server, blob_hash(data), data
     server.shutdown()
