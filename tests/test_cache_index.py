@@ -1,0 +1,149 @@
+import os
+import sqlite3
+import time
+
+import pytest
+
+from appliance.blob import blob_hash
+from appliance.cache.index import CacheIndex, CacheIndexError, index_path
+from appliance.cache.policies import POLICIES, make_policy
+
+MB = 1024 * 1024
+
+
+def h(n) -> str:
+    return blob_hash(str(n).encode())
+
+
+def open_index(cache_dir, name="lru", capacity=10 * MB):
+    index = CacheIndex(index_path(str(cache_dir)), make_policy(name, capacity))
+    return index, index.load()
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_state_survives_a_restart(tmp_path, name):
+    index, overflow = open_index(tmp_path, name)
+    assert overflow == [] and index.needs_scan  # a new index: the directory must be scanned
+    for i in range(12):
+        index.add(h(i), MB)
+        if i % 3 == 0:
+            index.flush()
+    index.touch(h(5), h(6), h(6), h(5))
+    index.forget(h(11))
+    index.close()
+
+    again, overflow = open_index(tmp_path, name)
+    assert overflow == [] and not again.needs_scan  # closed cleanly
+    assert list(again) == list(index.policy)
+    assert again.used_bytes == index.used_bytes and len(again) == len(index)
+    assert again.stats() == index.stats() | {"evictions": 0}
+    assert again.add(h(100), 2 * MB) == index.policy.add(h(100), 2 * MB)
+    again.close()
+
+
+def test_unflushed_changes_are_lost_and_a_crash_asks_for_a_scan(tmp_path):
+    index, _ = open_index(tmp_path)
+    index.add(h(1), MB)
+    index.flush()
+    index.add(h(2), MB)  # never flushed: the process "crashes" (no close)
+    again, _ = open_index(tmp_path)
+    assert again.needs_scan
+    assert h(1) in again and h(2) not in again
+    again.close()
+    index._close_quietly()
+
+
+def test_lru_order_is_kept_across_restarts(tmp_path):
+    index, _ = open_index(tmp_path, capacity=5 * MB)
+    for i in range(5):
+        index.add(h(i), MB)
+    index.flush()
+    index.touch(h(0))  # now h(1) is the least recently used
+    index.close()
+    again, _ = open_index(tmp_path, capacity=5 * MB)
+    assert again.add(h(9), MB) == [h(1)]
+    again.close()
+
+
+def test_a_smaller_capacity_evicts_at_load(tmp_path):
+    index, _ = open_index(tmp_path, capacity=10 * MB)
+    for i in range(10):
+        index.add(h(i), MB)
+    index.close()
+    smaller, overflow = open_index(tmp_path, capacity=3 * MB)
+    assert overflow == [h(i) for i in range(7)]
+    smaller.close()
+    third, overflow = open_index(tmp_path, capacity=3 * MB)
+    assert overflow == [] and set(third) == {h(7), h(8), h(9)}
+    third.close()
+
+
+def test_changing_the_policy_keeps_the_entries_in_order(tmp_path):
+    index, _ = open_index(tmp_path, "arc", 4 * MB)
+    for i in range(4):
+        index.add(h(i), MB)
+    index.touch(h(0))
+    index.add(h(4), MB)  # leaves a ghost behind
+    index.close()
+    lru, _ = open_index(tmp_path, "lru", 4 * MB)
+    assert len(lru) == 4 and lru.used_bytes == 4 * MB
+    assert set(lru) == set(index.policy)
+    lru.close()
+    with sqlite3.connect(index_path(str(tmp_path))) as db:
+        assert db.execute("SELECT count(*) FROM entries WHERE lst >= 2").fetchone()[0] == 0
+
+
+def test_a_damaged_index_is_set_aside_and_rebuilt(tmp_path):
+    path = index_path(str(tmp_path))
+    with open(path, "wb") as f:
+        f.write(b"this is not sqlite" * 100)
+    index, overflow = open_index(tmp_path)
+    assert overflow == [] and len(index) == 0 and index.needs_scan
+    assert os.path.exists(path + ".broken")
+    index.add(h(1), MB)
+    index.close()
+    again, _ = open_index(tmp_path)
+    assert h(1) in again
+    again.close()
+
+
+def test_an_unwritable_location_is_a_one_line_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    index = CacheIndex(str(blocker / "sub" / "index.sqlite3"), make_policy("lru", MB))
+    with pytest.raises(CacheIndexError, match="cannot open cache index"):
+        index.load()
+
+
+def test_flush_writes_only_changes(tmp_path):
+    index, _ = open_index(tmp_path)
+    for i in range(5):
+        index.add(h(i), MB)
+    assert index.flush() == 5
+    assert index.flush() == 0
+    index.touch(h(1), h(2))
+    assert index.flush() == 2
+    index.close()
+
+
+def test_a_million_entries_are_ready_in_seconds(tmp_path):
+    """Issue 5: a restart with 1,000,000 cached blobs is serving in <= 5 s."""
+    count = 1_000_000
+    index, _ = open_index(tmp_path, "lru", count * MB)
+    add = index.add
+    for i in range(count):
+        add(f"{i:096x}", MB)  # sorted synthetic hashes keep the build fast; the load does not care
+    index.touch(*(f"{i:096x}" for i in range(0, count, 1000)))
+    index.close()
+
+    started = time.monotonic()
+    again, overflow = open_index(tmp_path, "lru", count * MB)
+    elapsed = time.monotonic() - started
+    assert overflow == [] and len(again) == count and again.used_bytes == count * MB
+    assert f"{999_999:096x}" in again
+    print(f"loaded {count} entries in {elapsed:.2f} s")
+    assert elapsed <= 5.0
+    again.close()
+    for suffix in ("", "-wal", "-shm"):  # pytest keeps old tmp dirs: do not leave 240 MB behind
+        if os.path.exists(again.path + suffix):
+            os.unlink(again.path + suffix)
