@@ -164,6 +164,11 @@ class CacheIndex:
             refused.extend(self.policy.adopt(hash_, size))
         return refused
 
+    def unknown(self, hashes: Iterable[str]) -> list[str]:
+        """Those of `hashes` that are not cached (one call per batch: cheap here, one query for localdb)."""
+        policy = self.policy
+        return [hash_ for hash_ in hashes if hash_ not in policy]
+
     def touch(self, *hashes: str) -> int:
         """Record reads (a batch from a worker); returns how many were cached."""
         touch = self.policy.touch

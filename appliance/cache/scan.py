@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Container, Iterator
+import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from appliance.blob import MAX_BLOB_SIZE, is_valid_hash
@@ -24,7 +25,7 @@ PREFIX_LEN = 2
 @dataclass
 class ScanCounts:
     blobs: int = 0  # blob files found (adopted or already indexed)
-    blob_bytes: int = 0  # their total size, when stat'ed (files already indexed are not)
+    blob_bytes: int = 0  # their total size, when stat'ed (files already indexed are not stat'ed)
     skipped: int = 0  # files that are not blobs: other names, wrong directory, impossible size
     adopted: int = 0  # indexed by this scan
     refused: int = 0  # found but over the capacity: deleted
@@ -35,11 +36,10 @@ def blob_path(root: str, hash_: str) -> str:
     return os.path.join(root, hash_[:PREFIX_LEN], hash_)
 
 
-def iter_blob_files(root: str, counts: ScanCounts | None = None,
-                    known: Container[str] = ()) -> Iterator[tuple[str, int]]:
-    """(hash, size) of each blob file under `root`; hashes in `known` are counted but not stat'ed or yielded.
+def iter_blob_names(root: str, counts: ScanCounts | None = None) -> Iterator[str]:
+    """Names in `<root>/<xx>/` that are blob hashes starting with `xx` (no stat; other names are counted).
 
-    Raises OSError when `root` itself cannot be listed; files that vanish while listing are skipped.
+    Raises OSError when `root` itself cannot be listed; prefix directories that vanish are skipped.
     """
     counts = counts if counts is not None else ScanCounts()
     with os.scandir(root) as top:
@@ -51,26 +51,35 @@ def iter_blob_files(root: str, counts: ScanCounts | None = None,
             continue
         with listing:
             for entry in listing:
-                name = entry.name
-                if not (is_valid_hash(name) and name.startswith(prefix)):
+                if is_valid_hash(entry.name) and entry.name.startswith(prefix):
+                    yield entry.name
+                else:
                     counts.skipped += 1
-                    continue
-                if name in known:
-                    counts.blobs += 1
-                    continue
-                try:
-                    if not entry.is_file(follow_symlinks=False):
-                        counts.skipped += 1
-                        continue
-                    size = entry.stat(follow_symlinks=False).st_size
-                except FileNotFoundError:
-                    continue
-                if not 0 < size <= MAX_BLOB_SIZE:
-                    counts.skipped += 1
-                    continue
-                counts.blobs += 1
-                counts.blob_bytes += size
-                yield name, size
+
+
+def blob_size(root: str, hash_: str, counts: ScanCounts | None = None) -> int | None:
+    """The size of a blob file, or None when it vanished or is not a blob (not a file, impossible size)."""
+    try:
+        st = os.stat(blob_path(root, hash_), follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or not 0 < st.st_size <= MAX_BLOB_SIZE:
+        if counts is not None:
+            counts.skipped += 1
+        return None
+    if counts is not None:
+        counts.blobs += 1
+        counts.blob_bytes += st.st_size
+    return st.st_size
+
+
+def iter_blob_files(root: str, counts: ScanCounts | None = None) -> Iterator[tuple[str, int]]:
+    """(hash, size) of every blob file under `root`."""
+    counts = counts if counts is not None else ScanCounts()
+    for hash_ in iter_blob_names(root, counts):
+        size = blob_size(root, hash_, counts)
+        if size is not None:
+            yield hash_, size
 
 
 class CacheLoader:
@@ -84,14 +93,14 @@ class CacheLoader:
 
     def steps(self) -> Iterator[ScanCounts]:
         """Do the work one batch per iteration; the caller serves requests between iterations."""
-        pending: list[tuple[str, int]] = []
-        for found in iter_blob_files(self.root, self.counts, known=self.index):
-            pending.append(found)
-            if len(pending) >= self.batch:
-                self._adopt(pending)
-                pending = []
+        names: list[str] = []
+        for name in iter_blob_names(self.root, self.counts):
+            names.append(name)
+            if len(names) >= self.batch:
+                self._adopt(names)
+                names = []
                 yield self.counts
-        self._adopt(pending)
+        self._adopt(names)
         yield self.counts
         indexed = list(self.index)  # a snapshot: entries added meanwhile were written by us
         for start in range(0, len(indexed), self.batch):
@@ -109,7 +118,14 @@ class CacheLoader:
             pause()
         return self.counts
 
-    def _adopt(self, found: list[tuple[str, int]]) -> None:
+    def _adopt(self, names: list[str]) -> None:
+        unknown = self.index.unknown(names)
+        self.counts.blobs += len(names) - len(unknown)
+        found = []
+        for hash_ in unknown:
+            size = blob_size(self.root, hash_, self.counts)
+            if size is not None:
+                found.append((hash_, size))
         refused = self.index.adopt(found)
         self.counts.adopted += len(found) - len(refused)
         for hash_ in refused:
