@@ -134,6 +134,18 @@ def render() -> bytes:
     return _exposition(registry.collect())
 
 
+def enable_multiprocess(directory: str) -> None:
+    """Write this process's metrics into `directory` from now on (the supervisor calls this at start).
+
+    prometheus_client picks its value backend when first imported; a CLI process may have imported it
+    before the multiprocess directory was known. Labelled children created after this call use files.
+    """
+    from prometheus_client import values
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    values.ValueClass = values.MultiProcessValue()
+
+
 def mark_process_dead(pid: int) -> None:
     """Drop a dead child's live gauges (counters stay: they must not go backwards)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

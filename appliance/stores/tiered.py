@@ -1,0 +1,225 @@
+"""The store a worker serves from: local tiers read directly, misses coordinated by the cache manager.
+
+Read (DESIGN §2): memory cache -> disk caches -> local storage, each a direct file open (no IPC on the
+hot path; hits are reported to the manager in batches, fire-and-forget). A miss asks the manager
+`fetch`: it answers `lease` to exactly one worker per cold blob across the appliance (that worker
+fetches from the origin, verifies the SHA-384, writes the blob into the disk caches atomically and
+reports `done`), `ready` to the others once the blob is on disk, or `notfound` from its negative cache.
+So there is one origin request per cold blob, and cold traffic still uses every core.
+
+When the manager is unreachable the worker keeps serving: hits as always, misses fetched directly
+(single flight within the process only) and not cached.
+
+Write (uploads): origin first (local storage, S3 and/or MySQL), then written through to the disk caches
+and reported to the manager (`added`), so the receipt is sent only after the blob is durable.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from appliance import ipc, metrics
+from appliance.blob import blob_hash, check_hash
+from appliance.errors import BlobNotFound, OriginError
+from appliance.stores.base import Blob, BlobStore
+from appliance.stores.disk import DiskStore
+from appliance.stores.singleflight import SingleFlightStore
+
+log = logging.getLogger("store")
+
+FETCH_TIMEOUT = 120.0  # a waiter gives up on another worker's fetch after this long
+REPORT_INTERVAL = 0.5
+
+
+class CacheManagerClient:
+    """The worker's side of the cache-manager protocol (see workers/cache_manager.py)."""
+
+    def __init__(self, path: str):
+        self.ipc = ipc.IpcClient(path, name="cache manager", timeout=5.0)
+        self._accessed: set[str] = set()
+        self._lock = threading.Lock()
+
+    def fetch(self, hash_: str) -> str:
+        started = time.monotonic()
+        try:
+            answer = self.ipc.call("fetch", hash_, timeout=FETCH_TIMEOUT)
+        except ipc.IpcUnavailable:
+            metrics.IPC_REQUESTS_TOTAL.labels(peer="cache-manager", outcome="unavailable").inc()
+            raise
+        metrics.IPC_REQUESTS_TOTAL.labels(peer="cache-manager", outcome="ok").inc()
+        metrics.IPC_LATENCY.labels(peer="cache-manager").observe(time.monotonic() - started)
+        return answer
+
+    def done(self, hash_: str, size: int) -> None:
+        self.ipc.call("done", [hash_, size])
+
+    def failed(self, hash_: str, kind: str, message: str = "") -> None:
+        self.ipc.call("failed", [hash_, kind, message])
+
+    def added(self, hash_: str, size: int) -> None:
+        self.ipc.notify("added", [hash_, size])
+
+    def accessed(self, hash_: str) -> None:
+        with self._lock:
+            self._accessed.add(hash_)
+
+    def flush_accesses(self) -> None:
+        """Send the batched hit reports (called every REPORT_INTERVAL by the worker's housekeeping)."""
+        with self._lock:
+            if not self._accessed:
+                return
+            batch, self._accessed = list(self._accessed), set()
+        try:
+            self.ipc.notify("accessed", batch)
+        except ipc.IpcUnavailable:
+            pass  # recency is a hint; losing it while the manager restarts is harmless
+
+
+class TieredStore(BlobStore):
+    name = "tiered"
+
+    def __init__(self, origin: BlobStore, *, local: DiskStore | None = None, caches: list[DiskStore] | None = None,
+                 mem: BlobStore | None = None, manager: CacheManagerClient | None = None,
+                 component: str = "reflector"):
+        self.origin = origin
+        self.local = local
+        self.caches = caches or []
+        self.mem = mem
+        self.manager = manager
+        self.direct = SingleFlightStore(origin, component)  # misses when the manager cannot coordinate
+        self._hits = [metrics.CACHE_HIT_TOTAL.labels(cache_type=c.name, component=component) for c in self.caches]
+        self._misses = [metrics.CACHE_MISS_TOTAL.labels(cache_type=c.name, component=component) for c in self.caches]
+        self._hit_speed = metrics.SPEED_MBPS.labels(cache_type="disk", component=component, source="cache")
+
+    # -- reads --------------------------------------------------------------------------------------
+    def _local_get(self, hash_: str) -> Blob | None:
+        if self.mem is not None:
+            try:
+                return self.mem.get(hash_)
+            except BlobNotFound:
+                pass
+        for i, cache in enumerate(self.caches):
+            try:
+                blob = cache.get(hash_)
+            except BlobNotFound:
+                self._misses[i].inc()
+                continue
+            self._hits[i].inc()
+            if self.manager is not None:
+                self.manager.accessed(hash_)
+            return blob
+        if self.local is not None:
+            try:
+                return self.local.get(hash_)
+            except BlobNotFound:
+                pass
+        return None
+
+    def get(self, hash_: str) -> Blob:
+        check_hash(hash_)
+        blob = self._local_get(hash_)
+        if blob is not None:
+            return blob
+        if self.local is not None and self.origin is self.local:
+            raise BlobNotFound()
+        if not self.caches or self.manager is None:
+            return self._remember(self.direct.get(hash_))
+        for _ in range(3):
+            try:
+                answer = self.manager.fetch(hash_)
+            except (ipc.IpcUnavailable, TimeoutError) as exc:
+                log.warning("cache manager unavailable (%s): fetching %s directly", exc, hash_[:8])
+                return self._remember(self.direct.get(hash_))
+            if answer == "lease":
+                return self._fetch_with_lease(hash_)
+            if answer == "ready":
+                blob = self._local_get(hash_)
+                if blob is not None:
+                    return blob
+                continue  # evicted in between: ask again
+            if answer == "notfound":
+                raise BlobNotFound()
+            raise OriginError(str(answer).removeprefix("error:") or "origin error")
+        return self._remember(self.direct.get(hash_))
+
+    def _fetch_with_lease(self, hash_: str) -> Blob:
+        try:
+            with self.origin.get(hash_) as fetched:
+                data = fetched.data
+                trace = fetched.trace
+        except BlobNotFound:
+            self._report(self.manager.failed, hash_, "notfound")
+            raise
+        except Exception as exc:
+            self._report(self.manager.failed, hash_, "error", str(exc))
+            raise OriginError(str(exc)) from exc
+        if blob_hash(data) != hash_:
+            self._report(self.manager.failed, hash_, "error", "origin sent data that does not match its hash")
+            raise OriginError(f"origin sent data for {hash_[:8]} that does not match its hash")
+        try:
+            for cache in self.caches:
+                cache.put(hash_, data)
+        except OSError as exc:  # a full or broken cache disk: serve from memory, keep the manager honest
+            log.error("cannot write %s into the disk cache: %s", hash_[:8], exc)
+            self._report(self.manager.failed, hash_, "error", f"cache write failed: {exc}")
+            return Blob(hash_, data=data, trace=trace)
+        self._report(self.manager.done, hash_, len(data))
+        return self._remember(Blob(hash_, data=data, trace=trace))
+
+    def _remember(self, blob: Blob) -> Blob:
+        if self.mem is not None and blob.size:
+            try:
+                self.mem.put(blob.hash, blob.data)
+            except Exception as exc:
+                log.warning("memory cache put failed: %s", exc)
+        return blob
+
+    @staticmethod
+    def _report(fn, *args) -> None:
+        try:
+            fn(*args)
+        except (ipc.IpcError, TimeoutError) as exc:
+            log.warning("cache manager did not take a report: %s", exc)
+
+    def has(self, hash_: str) -> bool:
+        check_hash(hash_)
+        if self.mem is not None and self.mem.has(hash_):
+            return True
+        if any(cache.has(hash_) for cache in self.caches):
+            return True
+        if self.local is not None and self.local.has(hash_):
+            return True
+        if self.local is not None and self.origin is self.local:
+            return False
+        return self.origin.has(hash_)
+
+    # -- writes -------------------------------------------------------------------------------------
+    def put(self, hash_: str, data: bytes) -> None:
+        self.origin.put(hash_, data)
+        self._write_through(hash_, data)
+
+    def put_sd(self, hash_: str, data: bytes) -> None:
+        self.origin.put_sd(hash_, data)
+        self._write_through(hash_, data)
+
+    def _write_through(self, hash_: str, data: bytes) -> None:
+        for cache in self.caches:
+            try:
+                cache.put(hash_, data)
+            except OSError as exc:  # the origin has it; the cache is only a copy
+                log.error("write-through of %s into %s failed: %s", hash_[:8], cache.root, exc)
+                return
+        if self.caches and self.manager is not None:
+            try:
+                self.manager.added(hash_, len(data))
+            except ipc.IpcUnavailable:
+                pass  # the manager's loader finds the file when it is back
+
+    def delete(self, hash_: str) -> None:
+        self.origin.delete(hash_)
+        for store in [*self.caches, *([self.mem] if self.mem is not None else [])]:
+            store.delete(hash_)
+
+    def shutdown(self) -> None:
+        self.origin.shutdown()

@@ -1,0 +1,635 @@
+"""The supervisor: plain CPython (no gevent), modelled on gunicorn's arbiter and nginx's master.
+
+It owns the listening sockets (one SO_REUSEPORT socket per port per worker slot, created before any
+child starts, so a respawned worker takes over its slot's socket and no queued connection is reset),
+the control socket, the scoreboard, :2112 /metrics and sd_notify. Signal handlers and the control
+thread only enqueue; one loop reaps children, checks heartbeats, keeps every role at its target count,
+and talks to systemd.
+
+Children are started with fork+exec of `python -m workers.main` so each one begins as a fresh
+interpreter that monkey-patches before importing anything; their sockets, the scoreboard and the
+resolved config are passed as inherited file descriptors.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from appliance import __version__, ipc, logs, metrics
+from appliance.config import Config
+from appliance.scoreboard import Scoreboard
+from appliance.sdnotify import Notifier
+
+log = logging.getLogger("supervisor")
+
+BOOT_ERROR = 3  # a child exits with this when it cannot start (bad config, missing dependency)
+MAX_SLOTS = 128
+WORKER_PORTS = ("receiver", "tcp_peer", "http")  # services each gevent worker serves
+PORT_SETTING = {"receiver": "receiver_port", "tcp_peer": "tcp_peer_port", "http": "http_peer_port"}
+BOOT_FAILURES_BEFORE_HALT = 5
+ROLES_ORDER = ("cache-manager", "dht", "http3", "worker")
+
+
+class SupervisorError(Exception):
+    """A condition that stops the appliance with one clear line (port in use, boot failure)."""
+
+
+@dataclass
+class Child:
+    role: str
+    index: int  # worker slot (socket set); 0 for single-instance roles
+    slot: int  # scoreboard slot
+    popen: subprocess.Popen
+    started: float = field(default_factory=time.time)
+    started_mono: float = field(default_factory=time.monotonic)
+    ready: bool = False
+    retiring: bool = False  # asked to stop (HUP replacement, TTOU, shutdown)
+    kill_at: float | None = None  # escalate to SIGKILL after this monotonic time
+    old: bool = False  # of the generation a reload is replacing
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def name(self) -> str:
+        return f"{self.role}-{self.index}" if self.role == "worker" else self.role
+
+
+def _listen_tcp(port: int, reuseport: bool, backlog: int = 2048) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuseport:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind(("0.0.0.0", port))
+    sock.listen(backlog)
+    return sock
+
+
+def probe_port(port: int, kind: int = socket.SOCK_STREAM) -> None:
+    """Bind without SO_REUSEPORT: fails if anything, including another appliance, holds the port."""
+    sock = socket.socket(socket.AF_INET, kind)
+    try:
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("0.0.0.0", port))
+    except OSError as exc:
+        proto = "tcp" if kind == socket.SOCK_STREAM else "udp"
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise SupervisorError(f"cannot listen on port {port}/{proto}: {reason}") from None
+    finally:
+        sock.close()
+
+
+class Supervisor:
+    def __init__(self, config: Config, reload_config=None, verbose: list[str] | None = None):
+        self.config = config
+        self.reload_config = reload_config  # () -> Config, re-reads the file with the same CLI overrides
+        self.verbose = verbose or []
+        self.runtime_dir = os.path.abspath(config.runtime_dir)
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.children: dict[int, Child] = {}  # pid -> child
+        self.worker_sockets: dict[int, dict[str, socket.socket]] = {}
+        self.target_workers = config.workers or (os.cpu_count() or 1)
+        self.free_slots = list(range(MAX_SLOTS))
+        self.scoreboard: Scoreboard | None = None
+        self.notifier = Notifier()
+        self.stopping: str | None = None  # None, "graceful" or "fast"
+        self.stop_deadline = 0.0
+        self.exit_code = 0
+        self.fatal: str | None = None
+        self.ready_sent = False
+        self.reloading = False
+        self.replace_queue: list[int] = []  # worker indices still to replace during a reload
+        self.boot_failures: dict[str, int] = {}
+        self.respawn_at: dict[tuple[str, int], float] = {}
+        self.backoff: dict[tuple[str, int], float] = {}
+        self.last_watchdog = 0.0
+        self.last_status = ""
+        self.lock = threading.Lock()  # guards self.children for the control thread
+        self.config_fd: int | None = None
+        self.control_server = None
+        self.metrics_server: ThreadingHTTPServer | None = None
+        self.started = time.time()
+
+    # -- roles --------------------------------------------------------------------------------------
+    def roles(self) -> dict[str, int]:
+        """Target count per role for the current config."""
+        c = self.config
+        return {
+            "cache-manager": 1,
+            "dht": 0 if c.disable_dht else 1,
+            "http3": 0 if (c.disable_http3 or not c.http3_peer_port) else 1,
+            "worker": self.target_workers,
+        }
+
+    def worker_services(self) -> list[str]:
+        return [s for s in WORKER_PORTS if not (s == "receiver" and self.config.disable_uploads)]
+
+    # -- setup --------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        os.makedirs(self.runtime_dir, exist_ok=True)
+        control = os.path.join(self.runtime_dir, "control.sock")
+        if os.path.exists(control):
+            try:
+                ipc.IpcClient(control, name="control", timeout=2).call("ping")
+            except (ipc.IpcError, OSError, TimeoutError):
+                os.unlink(control)  # stale socket of a dead appliance
+            else:
+                raise SupervisorError(f"another appliance is already running (control socket {control})")
+        self._prepare_metrics_dir()
+        for service in self.worker_services():
+            probe_port(self.config.values[PORT_SETTING[service]])
+        if self.config.metrics_port:
+            probe_port(self.config.metrics_port)
+        for port_key, kind in (("http3_peer_port", socket.SOCK_DGRAM), ("dht_port", socket.SOCK_DGRAM)):
+            role = "http3" if port_key == "http3_peer_port" else "dht"
+            if self.roles()[role]:
+                probe_port(self.config.values[port_key], kind)
+        for index in range(self.target_workers):
+            self._open_worker_sockets(index)
+        self.scoreboard = Scoreboard(MAX_SLOTS)
+        self._write_config_fd()
+        self._start_control_server(control)
+        if self.config.metrics_port:
+            self._start_metrics_server()
+
+    def _prepare_metrics_dir(self) -> None:
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(self.runtime_dir, "prom")
+        if os.path.isdir(directory):
+            shutil.rmtree(directory)  # counters of a previous run must not add up with ours
+        os.makedirs(directory)
+        metrics.enable_multiprocess(directory)
+
+    def _open_worker_sockets(self, index: int) -> None:
+        sockets = {}
+        try:
+            for service in self.worker_services():
+                sockets[service] = _listen_tcp(self.config.values[PORT_SETTING[service]], reuseport=True)
+        except OSError as exc:
+            for s in sockets.values():
+                s.close()
+            raise SupervisorError(f"cannot open the sockets of worker slot {index}: {exc.strerror or exc}") from None
+        self.worker_sockets[index] = sockets
+
+    def _close_worker_sockets(self, index: int) -> None:
+        for sock in self.worker_sockets.pop(index, {}).values():
+            sock.close()
+
+    def _write_config_fd(self) -> None:
+        """The resolved config, for children, in a memfd (not in argv or the environment: it holds secrets)."""
+        if self.config_fd is not None:
+            os.close(self.config_fd)
+        fd = os.memfd_create("appliance-config", 0)
+        payload = {"values": self.config.values, "path": self.config.path, "verbose": self.verbose}
+        os.write(fd, json.dumps(payload).encode())
+        self.config_fd = fd
+
+    # -- control socket and metrics -----------------------------------------------------------------
+    def _start_control_server(self, path: str) -> None:
+        import socketserver
+
+        supervisor = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                ipc.serve_connection(self.request, supervisor.handle_control, lambda m, p: None,
+                                     spawn=lambda fn, *a: fn(*a))
+
+        class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+            daemon_threads = True
+
+        old_umask = os.umask(0o117)  # owner and group may talk to the control socket
+        try:
+            self.control_server = Server(path, Handler)
+        finally:
+            os.umask(old_umask)
+        threading.Thread(target=self.control_server.serve_forever, name="control", daemon=True).start()
+
+    def _start_metrics_server(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404)
+                    return
+                body = metrics.render()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.metrics_server = ThreadingHTTPServer(("0.0.0.0", self.config.metrics_port), Handler)
+        self.metrics_server.daemon_threads = True
+        threading.Thread(target=self.metrics_server.serve_forever, name="metrics", daemon=True).start()
+
+    def handle_control(self, method: str, params: Any) -> Any:
+        """Runs in the control thread: reads state, or enqueues a command for the main loop."""
+        if method == "ping":
+            return "pong"
+        if method == "status":
+            return self.status()
+        if method in ("reload", "stop", "reopen-logs"):
+            self.events.put(("command", method, params))
+            return "ok"
+        if method == "workers":
+            delta = int(params)
+            if delta not in (1, -1):
+                raise ValueError("workers takes +1 or -1")
+            self.events.put(("command", "workers", delta))
+            return "ok"
+        raise ValueError(f"unknown control command {method!r}")
+
+    # -- status -------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        now, mono = time.time(), time.monotonic()
+        processes = []
+        cache: dict[str, Any] = {}
+        dht: dict[str, Any] = {}
+        with self.lock:
+            children = sorted(self.children.values(), key=lambda c: (ROLES_ORDER.index(c.role), c.index, c.pid))
+        for child in children:
+            record = self.scoreboard.read(child.slot) if self.scoreboard else {}
+            beat = record.get("heartbeat") or 0.0
+            stats = record.get("status", {}) if record.get("pid") == child.pid else {}
+            processes.append({
+                "role": child.role, "slot": child.index, "pid": child.pid,
+                "started": child.started, "age": round(now - child.started, 1),
+                "last_heartbeat": round(mono - beat, 2) if beat else None,
+                "state": "retiring" if child.retiring else (record.get("state") if stats else "booting"),
+                "connections": stats.get("connections", 0), "requests": stats.get("requests", 0),
+            })
+            if child.role == "cache-manager" and stats:
+                cache = stats.get("cache", {})
+            if child.role == "dht" and stats:
+                dht = stats.get("dht", {})
+        ports = {s: self.config.values[PORT_SETTING[s]] for s in self.worker_services()}
+        ports["metrics"] = self.config.metrics_port
+        if self.roles()["http3"]:
+            ports["http3"] = self.config.http3_peer_port
+        if self.roles()["dht"]:
+            ports["dht"] = self.config.dht_port
+        return {
+            "version": __version__, "pid": os.getpid(), "started": self.started,
+            "state": self.stopping or ("reloading" if self.reloading else ("ready" if self.ready_sent else "starting")),
+            "workers": self.target_workers, "processes": processes, "cache": cache, "dht": dht, "ports": ports,
+            "config": {"path": self.config.path, "values": self.config.public()},
+        }
+
+    # -- children -----------------------------------------------------------------------------------
+    def spawn(self, role: str, index: int = 0) -> Child:
+        slot = self.free_slots.pop(0)
+        self.scoreboard.clear(slot)
+        fds = {"scoreboard": self.scoreboard.fd, "config": self.config_fd}
+        if role == "worker":
+            fds.update({name: s.fileno() for name, s in self.worker_sockets[index].items()})
+        env = dict(os.environ)
+        env["APPLIANCE_CHILD"] = json.dumps({
+            "role": role, "index": index, "slot": slot, "fds": fds, "supervisor_pid": os.getpid(),
+            "runtime_dir": self.runtime_dir,
+        })
+        popen = subprocess.Popen([sys.executable, "-m", "workers.main"], env=env, pass_fds=tuple(fds.values()),
+                                 close_fds=True)
+        child = Child(role, index, slot, popen)
+        with self.lock:
+            self.children[popen.pid] = child
+        log.info("started %s (pid %d)", child.name, popen.pid)
+        return child
+
+    def _count(self, role: str, index: int | None = None, include_retiring: bool = False) -> int:
+        return sum(1 for c in self.children.values() if c.role == role and (index is None or c.index == index)
+                   and (include_retiring or not c.retiring))
+
+    def stop_child(self, child: Child, graceful: bool) -> None:
+        if child.retiring and graceful:
+            return
+        child.retiring = True
+        timeout = self.config.graceful_timeout if graceful else 2.0
+        child.kill_at = time.monotonic() + timeout + 2.0
+        try:
+            os.kill(child.pid, signal.SIGTERM if graceful else signal.SIGQUIT)
+        except ProcessLookupError:
+            pass
+
+    def reap(self) -> None:
+        for child in list(self.children.values()):
+            code = child.popen.poll()
+            if code is None:
+                continue
+            with self.lock:
+                del self.children[child.pid]
+            self.free_slots.append(child.slot)
+            metrics.mark_process_dead(child.pid)
+            self._child_exited(child, code)
+
+    def _child_exited(self, child: Child, code: int) -> None:
+        cause = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        if child.retiring or self.stopping:
+            log.info("%s (pid %d) stopped (%s)", child.name, child.pid, cause)
+            if child.role == "worker" and child.index >= self.target_workers and not self._count("worker", child.index,
+                                                                                                  True):
+                self._close_worker_sockets(child.index)
+            return
+        key = (child.role, child.index)
+        if code == BOOT_ERROR:
+            self.halt(f"{child.name} could not start (see its log line above); stopping the appliance")
+            return
+        if not child.ready:
+            self.boot_failures[child.role] = self.boot_failures.get(child.role, 0) + 1
+            if self.boot_failures[child.role] >= BOOT_FAILURES_BEFORE_HALT:
+                self.halt(f"{child.name} failed {BOOT_FAILURES_BEFORE_HALT} times before becoming ready; "
+                          f"stopping the appliance")
+                return
+        if code == -signal.SIGKILL:
+            cause += " (killed: out of memory, or a stalled heartbeat)"
+        log.error("%s (pid %d) exited unexpectedly (%s); respawning", child.name, child.pid, cause)
+        metrics.CRASHES_TOTAL.labels(role=child.role, cause="signal" if code < 0 else "exit").inc()
+        # Backoff grows for children that die young and resets for ones that ran a while.
+        lived = time.monotonic() - child.started_mono
+        delay = 0.0 if lived > 30 else min(max(self.backoff.get(key, 0.0) * 2, 0.1), 10.0)
+        self.backoff[key] = delay
+        self.respawn_at[key] = time.monotonic() + delay
+
+    def manage(self) -> None:
+        """Spawn what is missing, retire what is extra, move a reload forward."""
+        if self.stopping:
+            return
+        now = time.monotonic()
+        for role, target in self.roles().items():
+            if role == "worker":
+                continue
+            if self._count(role) < target and now >= self.respawn_at.get((role, 0), 0):
+                restarted = (role, 0) in self.respawn_at
+                self.spawn(role)
+                if restarted:
+                    metrics.RESTARTS_TOTAL.labels(role=role).inc()
+            elif self._count(role) > target:
+                for child in [c for c in self.children.values() if c.role == role and not c.retiring][target:]:
+                    self.stop_child(child, graceful=True)
+        for index in range(self.target_workers):
+            if self._count("worker", index) == 0 and now >= self.respawn_at.get(("worker", index), 0):
+                if index not in self.worker_sockets:
+                    self._open_worker_sockets(index)
+                restarted = ("worker", index) in self.respawn_at
+                self.spawn("worker", index)
+                if restarted:
+                    metrics.RESTARTS_TOTAL.labels(role="worker").inc()
+        for child in list(self.children.values()):
+            if child.role == "worker" and child.index >= self.target_workers and not child.retiring:
+                self.stop_child(child, graceful=True)
+        self._advance_reload()
+
+    def _advance_reload(self) -> None:
+        """HUP: replace workers one at a time; the old one retires only once its successor is ready."""
+        if not self.reloading:
+            return
+        olds = [c for c in self.children.values() if c.role == "worker" and not c.retiring and c.old]
+        if self.replace_queue:
+            index = self.replace_queue[0]
+            current = [c for c in self.children.values() if c.role == "worker" and c.index == index
+                       and not c.retiring]
+            fresh = [c for c in current if not c.old]
+            if not fresh:
+                self.spawn("worker", index)
+            elif fresh[0].ready:
+                for old in (c for c in current if c.old):
+                    self.stop_child(old, graceful=True)
+                self.replace_queue.pop(0)
+            return
+        if not olds:
+            self.reloading = False
+            log.info("reload complete")
+            self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+
+    def check_heartbeats(self) -> None:
+        now = time.monotonic()
+        timeout = self.config.heartbeat_timeout
+        for child in list(self.children.values()):
+            if child.kill_at is not None and now > child.kill_at:
+                log.warning("%s (pid %d) did not stop in time; killing it", child.name, child.pid)
+                self._kill(child)
+                child.kill_at = now + 5
+                continue
+            record = self.scoreboard.read(child.slot)
+            if record["pid"] != child.pid:
+                if now - child.started_mono > max(timeout, 60):
+                    log.error("%s (pid %d) never reported in; killing it", child.name, child.pid)
+                    self._kill(child)
+                continue
+            if record["state"] == "ready" and not child.ready:
+                child.ready = True
+                self.boot_failures[child.role] = 0
+                log.info("%s (pid %d) is ready", child.name, child.pid)
+            if record["state"] == "failed":
+                continue  # it is exiting with a boot error
+            age = now - record["heartbeat"]
+            if age > timeout and not child.retiring:
+                log.error("%s (pid %d) heartbeat stalled for %.0fs; killing and replacing it", child.name,
+                          child.pid, age)
+                metrics.CRASHES_TOTAL.labels(role=child.role, cause="heartbeat").inc()
+                self._kill(child)
+
+    def _kill(self, child: Child) -> None:
+        try:
+            os.kill(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def all_ready(self) -> bool:
+        for role, target in self.roles().items():
+            ready = [c for c in self.children.values() if c.role == role and c.ready and not c.retiring]
+            if len(ready) < target:
+                return False
+        return True
+
+    def heartbeats_fresh(self) -> bool:
+        now = time.monotonic()
+        for child in self.children.values():
+            record = self.scoreboard.read(child.slot)
+            if record["pid"] == child.pid and now - record["heartbeat"] > self.config.heartbeat_timeout:
+                return False
+        return True
+
+    def status_line(self) -> str:
+        counts = {}
+        for child in self.children.values():
+            if not child.retiring:
+                counts[child.role] = counts.get(child.role, 0) + 1
+        parts = [f"{counts.get('worker', 0)} workers"]
+        parts += [role for role in ("cache-manager", "dht", "http3") if counts.get(role)]
+        state = "stopping" if self.stopping else ("reloading" if self.reloading else
+                                                 ("ready" if self.ready_sent else "starting"))
+        return f"{state}: " + ", ".join(parts)
+
+    # -- events -------------------------------------------------------------------------------------
+    def install_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
+                    signal.SIGUSR1, signal.SIGCHLD):
+            signal.signal(sig, lambda signum, frame: self.events.put(("signal", signum, None)))
+
+    def handle_event(self, kind: str, what: Any, params: Any) -> None:
+        if kind == "signal":
+            if what == signal.SIGCHLD:
+                return  # reaping happens every iteration
+            what = {signal.SIGTERM: "stop", signal.SIGINT: "fast-stop", signal.SIGQUIT: "fast-stop",
+                    signal.SIGHUP: "reload", signal.SIGUSR1: "reopen-logs", signal.SIGTTIN: "ttin",
+                    signal.SIGTTOU: "ttou"}[what]
+        if what == "stop":
+            self.begin_stop(graceful=True)
+        elif what == "fast-stop":
+            self.begin_stop(graceful=False)
+        elif what == "reload":
+            self.reload()
+        elif what == "reopen-logs":
+            logs.reopen()
+            for child in self.children.values():
+                os.kill(child.pid, signal.SIGUSR1)
+            log.info("log files reopened")
+        elif what in ("ttin", "ttou") or what == "workers":
+            delta = params if what == "workers" else (1 if what == "ttin" else -1)
+            if self.target_workers + delta < 1:
+                log.warning("keeping the last worker (TTOU ignored)")
+            elif not self.stopping:
+                self.target_workers += delta
+                log.info("workers: %d", self.target_workers)
+
+    def reload(self) -> None:
+        if self.stopping or self.reloading:
+            return
+        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        if self.reload_config is not None:
+            try:
+                new = self.reload_config()
+            except Exception as exc:  # a broken edit must not take the running appliance down
+                log.error("reload: keeping the running config: %s", exc)
+                self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+                return
+            port_keys = ("receiver_port", "tcp_peer_port", "http_peer_port", "metrics_port", "http3_peer_port",
+                         "dht_port", "disable_uploads", "runtime_dir")
+            changed = [k for k in port_keys if new.values[k] != self.config.values[k]]
+            if changed:
+                log.warning("reload: %s changed; ports and the runtime directory change only on restart",
+                            ", ".join(changed))
+                for key in changed:
+                    new.values[key] = self.config.values[key]
+            old_roles = {k: v for k, v in self.config.values.items()}
+            self.config = new
+            self._write_config_fd()
+            self.target_workers = new.workers or self.target_workers
+            self._restart_roles_with_changed_config(old_roles)
+        log.info("reloading: replacing workers one at a time")
+        self.reloading = True
+        for child in self.children.values():
+            child.old = True
+        self.replace_queue = sorted({c.index for c in self.children.values() if c.role == "worker"})
+
+    def _restart_roles_with_changed_config(self, old: dict[str, Any]) -> None:
+        groups = {"cache-manager": ("cache", "origin", "storage", "database"), "dht": ("dht",),
+                  "http3": ("http3", "protected")}
+        from appliance.config import BY_KEY
+
+        for role, setting_groups in groups.items():
+            keys = [k for k, s in BY_KEY.items() if s.group in setting_groups or k in ("storage_dir", "cache_dir")]
+            if any(old.get(k) != self.config.values.get(k) for k in keys):
+                for child in [c for c in self.children.values() if c.role == role and not c.retiring]:
+                    log.info("reload: restarting %s for its new settings", role)
+                    self.stop_child(child, graceful=True)
+
+    def begin_stop(self, graceful: bool) -> None:
+        if self.stopping == "fast" or (self.stopping == "graceful" and graceful):
+            return
+        self.stopping = "graceful" if graceful else "fast"
+        self.notifier.notify("STOPPING=1")
+        log.info("%s stop: %d children", "graceful" if graceful else "fast", len(self.children))
+        self.stop_deadline = time.monotonic() + (self.config.graceful_timeout if graceful else 2.0) + 3.0
+        # Workers first; the cache manager and the DHT last, so in-flight misses still complete.
+        for child in sorted(self.children.values(), key=lambda c: c.role != "worker"):
+            child.retiring = False
+            self.stop_child(child, graceful)
+
+    def halt(self, message: str) -> None:
+        if self.fatal is None:
+            self.fatal = message
+            log.error("%s", message)
+            self.exit_code = 1
+        self.begin_stop(graceful=False)
+
+    # -- main loop ----------------------------------------------------------------------------------
+    def run(self) -> int:
+        self.install_signals()
+        log.info("reflector appliance %s starting (pid %d, %d workers, runtime %s)", __version__, os.getpid(),
+                 self.target_workers, self.runtime_dir)
+        self.manage()
+        while True:
+            try:
+                event = self.events.get(timeout=0.25)
+            except queue.Empty:
+                event = None
+            while event is not None:
+                self.handle_event(*event)
+                try:
+                    event = self.events.get_nowait()
+                except queue.Empty:
+                    event = None
+            self.reap()
+            if self.stopping:
+                if not self.children:
+                    break
+                if time.monotonic() > self.stop_deadline:
+                    for child in self.children.values():
+                        self._kill(child)
+                    self.stop_deadline = time.monotonic() + 5
+                self.check_heartbeats()
+                continue
+            self.check_heartbeats()
+            self.manage()
+            self._notify_systemd()
+        self.shutdown()
+        log.info("stopped%s", f": {self.fatal}" if self.fatal else "")
+        return self.exit_code
+
+    def _notify_systemd(self) -> None:
+        ready = self.all_ready()
+        if ready and not self.ready_sent:
+            self.ready_sent = True
+            log.info("all roles ready: %s", self.status_line())
+            self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+        line = self.status_line()
+        if line != self.last_status:
+            self.last_status = line
+            self.notifier.notify(f"STATUS={line}")
+        for role in self.roles():
+            metrics.PROCESSES.labels(role=role).set(self._count(role))
+        interval = self.notifier.watchdog_interval
+        if interval and time.monotonic() - self.last_watchdog >= interval and self.heartbeats_fresh():
+            self.last_watchdog = time.monotonic()
+            self.notifier.notify("WATCHDOG=1")
+
+    def shutdown(self) -> None:
+        for server in (self.control_server, self.metrics_server):
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+        control = os.path.join(self.runtime_dir, "control.sock")
+        if os.path.exists(control):
+            os.unlink(control)
+        for index in list(self.worker_sockets):
+            self._close_worker_sockets(index)
+

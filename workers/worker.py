@@ -1,0 +1,123 @@
+"""A gevent worker: the reflector receiver, the TCP peer server and the HTTP server on its slot's sockets.
+
+Signals: TERM graceful (stop accepting, let transfers finish up to the graceful timeout, exit 0),
+INT/QUIT fast, USR1 reopen logs. A housekeeping greenlet posts the heartbeat every second (so a stalled
+event loop shows as a stale heartbeat), flushes hit reports to the cache manager and exits if the
+supervisor is gone.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+import gevent
+from gevent.event import Event
+
+from appliance import logs
+from appliance.scoreboard import READY, STOPPING
+from appliance.stores.compose import CompositionError, build_origin, disk_cache_specs
+from appliance.stores.disk import DiskStore
+from appliance.stores.tiered import REPORT_INTERVAL, CacheManagerClient, TieredStore
+from workers.child import BootError, ChildContext
+
+log = logging.getLogger("worker")
+
+
+def build_stores(ctx: ChildContext):
+    """(serving store, underlying store for the receiver, protected checker, blocked checker)."""
+    config = ctx.config
+    try:
+        origin = build_origin(config)
+        specs = disk_cache_specs(config)
+    except (CompositionError, ValueError) as exc:
+        raise BootError(str(exc)) from None
+    caches = [DiskStore(spec.path) for spec in specs]
+    mem = None
+    if config.mem_cache > 0:
+        from appliance.stores.memory import LRUMemoryStore
+
+        mem = LRUMemoryStore(config.mem_cache)
+    manager = CacheManagerClient(ctx.socket_path("cache")) if caches else None
+    store = TieredStore(origin.store, local=origin.local, caches=caches, mem=mem, manager=manager)
+    protected = None
+    if config.protected_content_url:
+        try:
+            from appliance.protected import ProtectedContent
+        except ImportError:
+            ProtectedContent = None
+        if ProtectedContent is not None:
+            protected = ProtectedContent(config.protected_content_url, fail_closed=config.protected_fail_closed)
+    return store, origin.store, protected, manager
+
+
+def main(ctx: ChildContext) -> int:
+    config = ctx.config
+    store, underlying, protected, manager = build_stores(ctx)
+    servers = []
+    receiver = ctx.listener("receiver")
+    if receiver is not None:
+        from appliance.servers.receiver import ReceiverServer
+
+        servers.append(ReceiverServer(receiver, store, underlying, timeout=config.upload_timeout))
+    peer = ctx.listener("tcp_peer")
+    if peer is not None:
+        from appliance.servers.peer import PeerServer
+
+        servers.append(PeerServer(peer, store, idle_timeout=config.peer_idle_timeout, protected=protected))
+    http = ctx.listener("http")
+    if http is not None:
+        from appliance.servers.http import HttpServer
+
+        servers.append(HttpServer(http, store, edge_token=config.upstream_edge_token,
+                                  queue_size=config.request_queue_size, protected=protected))
+    for server in servers:
+        server.start()
+
+    stop = Event()
+    mode = {"graceful": True}
+
+    def on_signal(graceful: bool) -> None:
+        mode["graceful"] = mode["graceful"] and graceful
+        stop.set()
+
+    handlers = [gevent.signal_handler(signal.SIGTERM, on_signal, True),
+                gevent.signal_handler(signal.SIGINT, on_signal, False),
+                gevent.signal_handler(signal.SIGQUIT, on_signal, False),
+                gevent.signal_handler(signal.SIGUSR1, logs.reopen)]
+
+    def status() -> dict:
+        return {"connections": sum(s.connections for s in servers), "requests": sum(s.requests for s in servers)}
+
+    def housekeeping() -> None:
+        state = READY
+        while True:
+            ctx.post(STOPPING if stop.is_set() else state, status())
+            if manager is not None:
+                manager.flush_accesses()
+            if not ctx.parent_alive():
+                log.error("supervisor is gone; exiting")
+                os._exit(1)
+            gevent.sleep(min(1.0, REPORT_INTERVAL))
+
+    keeper = gevent.spawn(housekeeping)
+    log.info("serving %s", ", ".join(type(s).__name__ for s in servers))
+    stop.wait()
+    for server in servers:
+        server.stop_accepting()
+    if mode["graceful"]:
+        deadline = config.graceful_timeout
+        for server in servers:
+            started = gevent.get_hub().loop.now()
+            server.wait_idle(max(0.0, deadline))
+            deadline -= gevent.get_hub().loop.now() - started
+            if stop.is_set() and not mode["graceful"]:
+                break
+    for server in servers:
+        server.close_connections()
+    keeper.kill()
+    for handler in handlers:
+        handler.cancel()
+    store.shutdown()
+    log.info("stopped (%d requests served)", status()["requests"])
+    return 0
