@@ -111,6 +111,8 @@ SETTINGS: list[Setting] = [
     S("dht_external_ip", "str", "", "IPv4 address announced to the DHT; empty = learned from peers", "dht"),
     S("dht_peer_port", "int", 0, "TCP peer port announced to the DHT (0 = tcp_peer_port)", "dht"),
     S("dht_announce_all", "bool", False, "announce every stored blob, not only sd blobs", "dht"),
+    S("dht_address_policy", "str", "any", "DHT contacts and peers accepted: 'any' unicast IPv4 (loopback and "
+      "private included), or 'public' (routable, port >= 1024, as stock SDK nodes)", "dht", choices=("any", "public")),
     # --- blocklist and protected content -------------------------------------------------------------
     S("blocklist_source", "str", "lbry",
       "'lbry' (LBRY's outpoint list + wallet servers), an http(s) URL or a file of sd hashes", "blocklist"),
