@@ -69,24 +69,24 @@ class Child:
         return f"{self.role}-{self.index}" if self.role == "worker" else self.role
 
 
-def _listen_tcp(port: int, reuseport: bool, backlog: int = 2048) -> socket.socket:
+def _listen_tcp(host: str, port: int, reuseport: bool, backlog: int = 2048) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuseport:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("0.0.0.0", port))
+    sock.bind((host, port))
     sock.listen(backlog)
     return sock
 
 
-def probe_port(port: int, kind: int = socket.SOCK_STREAM) -> None:
+def probe_port(host: str, port: int, kind: int = socket.SOCK_STREAM) -> None:
     """Bind without SO_REUSEPORT: fails if anything, including another appliance, holds the port."""
     sock = socket.socket(socket.AF_INET, kind)
     try:
         if kind == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("0.0.0.0", port))
+        sock.bind((host, port))
     except OSError as exc:
         proto = "tcp" if kind == socket.SOCK_STREAM else "udp"
         reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
@@ -101,6 +101,7 @@ class Supervisor:
         self.reload_config = reload_config  # () -> Config, re-reads the file with the same CLI overrides
         self.verbose = verbose or []
         self.runtime_dir = os.path.abspath(config.runtime_dir)
+        self.host = config.listen_address or "0.0.0.0"
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.children: dict[int, Child] = {}  # pid -> child
         self.worker_sockets: dict[int, dict[str, socket.socket]] = {}
@@ -153,13 +154,13 @@ class Supervisor:
                 raise SupervisorError(f"another appliance is already running (control socket {control})")
         self._prepare_metrics_dir()
         for service in self.worker_services():
-            probe_port(self.config.values[PORT_SETTING[service]])
+            probe_port(self.host, self.config.values[PORT_SETTING[service]])
         if self.config.metrics_port:
-            probe_port(self.config.metrics_port)
+            probe_port(self.host, self.config.metrics_port)
         for port_key, kind in (("http3_peer_port", socket.SOCK_DGRAM), ("dht_port", socket.SOCK_DGRAM)):
             role = "http3" if port_key == "http3_peer_port" else "dht"
             if self.roles()[role]:
-                probe_port(self.config.values[port_key], kind)
+                probe_port(self.host, self.config.values[port_key], kind)
         for index in range(self.target_workers):
             self._open_worker_sockets(index)
         self.scoreboard = Scoreboard(MAX_SLOTS)
@@ -179,7 +180,7 @@ class Supervisor:
         sockets = {}
         try:
             for service in self.worker_services():
-                sockets[service] = _listen_tcp(self.config.values[PORT_SETTING[service]], reuseport=True)
+                sockets[service] = _listen_tcp(self.host, self.config.values[PORT_SETTING[service]], reuseport=True)
         except OSError as exc:
             for s in sockets.values():
                 s.close()
@@ -236,7 +237,7 @@ class Supervisor:
             def log_message(self, *args):
                 pass
 
-        self.metrics_server = ThreadingHTTPServer(("0.0.0.0", self.config.metrics_port), Handler)
+        self.metrics_server = ThreadingHTTPServer((self.host, self.config.metrics_port), Handler)
         self.metrics_server.daemon_threads = True
         threading.Thread(target=self.metrics_server.serve_forever, name="metrics", daemon=True).start()
 

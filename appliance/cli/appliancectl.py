@@ -1,0 +1,142 @@
+"""`appliancectl`: talk to a running appliance over its control socket.
+
+The socket is <runtime_dir>/control.sock. Without --runtime-dir or --conf, the runtime directory comes
+from the installed service config (/etc/reflector-appliance/config.toml) when it exists, else from the
+embedded default (./run, what `scripts/run` uses).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from appliance import config as cfg
+from appliance import ipc
+
+SERVICE_CONFIG = "/etc/reflector-appliance/config.toml"
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def control_socket(args: argparse.Namespace) -> str:
+    if args.runtime_dir:
+        runtime = args.runtime_dir
+    else:
+        path = args.conf or (SERVICE_CONFIG if os.path.exists(SERVICE_CONFIG) else None)
+        values = cfg.load_file(path) if path else {}
+        runtime = cfg.resolve(values).runtime_dir
+    return os.path.join(os.path.abspath(runtime), "control.sock")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def render_status(status: dict) -> str:
+    lines = [f"reflector appliance {status['version']}  pid {status['pid']}  "
+             f"up {_duration(time.time() - status['started'])}  {status['state']}  "
+             f"config {status['config'].get('path') or '(built-in defaults)'}", ""]
+    rows = [("PROCESS", "PID", "AGE", "HEARTBEAT", "STATE", "CONNS", "REQUESTS")]
+    for p in status["processes"]:
+        name = f"{p['role']}-{p['slot']}" if p["role"] == "worker" else p["role"]
+        rows.append((name, str(p["pid"]), _duration(p["age"]),
+                     f"{_duration(p['last_heartbeat'])} ago" if p["last_heartbeat"] is not None else "-",
+                     str(p["state"]), str(p["connections"]), str(p["requests"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines += ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    cache = status.get("cache") or {}
+    if cache.get("layers"):
+        capacity = cache.get("capacity_bytes") or 0
+        used = cache.get("used_bytes") or 0
+        ratio = cache.get("hit_ratio")
+        share = f" ({100 * used / capacity:.1f}%)" if capacity else ""
+        hits = "-" if ratio is None else f"{100 * ratio:.1f}%"
+        lines += ["", f"cache   {_bytes(used)} / {_bytes(capacity)}{share}  blobs {cache.get('blobs', 0)}  "
+                      f"hit ratio {hits}  evictions {cache.get('evictions', 0)}  "
+                      f"origin fetches {cache.get('origin_fetches', 0)}"]
+        for layer in cache["layers"]:
+            lines.append(f"        {layer.get('path')} ({layer.get('manager')}): {_bytes(layer.get('used_bytes'))}"
+                         f" / {_bytes(layer.get('capacity'))}, {layer.get('blobs', 0)} blobs")
+    else:
+        lines += ["", "cache   none (serving from local storage)"]
+    dht = status.get("dht") or {}
+    if dht:
+        lines.append("dht     " + "  ".join(f"{k.replace('_', ' ')} {v}" for k, v in dht.items()
+                                            if isinstance(v, int | float | str) and k != "node_id"))
+    elif "dht" not in status.get("ports", {}):
+        lines.append("dht     disabled")
+    udp = {"http3", "dht"}
+    lines.append("ports   " + "  ".join(f"{name} {port}/{'udp' if name in udp else 'tcp'}"
+                                         for name, port in status.get("ports", {}).items()))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="appliancectl", description="Control a running reflector appliance.")
+    parser.add_argument("--runtime-dir", help="the appliance's runtime directory (holds control.sock)")
+    parser.add_argument("--conf", help=f"read runtime_dir from this config (default: {SERVICE_CONFIG} if present)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    status = sub.add_parser("status", help="processes, cache, DHT, ports, version and config")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    sub.add_parser("reload", help="re-read the config and replace workers one by one (like SIGHUP)")
+    sub.add_parser("stop", help="graceful stop (like SIGTERM)")
+    workers = sub.add_parser("workers", help="one worker more or less (like SIGTTIN / SIGTTOU)")
+    workers.add_argument("delta", choices=["+1", "-1"])
+    sub.add_parser("reopen-logs", help="reopen log files (like SIGUSR1)")
+    args = parser.parse_args(argv)
+    if not args.verb:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        path = control_socket(args)
+    except cfg.ConfigError as exc:
+        print(f"appliancectl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    client = ipc.IpcClient(path, name="appliance", timeout=args.timeout)
+    try:
+        if args.verb == "status":
+            result = client.call("status")
+            print(json.dumps(result, indent=2, sort_keys=True) if args.json else render_status(result))
+        elif args.verb == "workers":
+            client.call("workers", int(args.delta))
+            print(f"workers {args.delta}")
+        else:
+            client.call(args.verb)
+            print(f"{args.verb}: requested")
+    except ipc.IpcUnavailable:
+        print(f"appliancectl: no appliance is running (nothing answers on {path})", file=sys.stderr)
+        return EXIT_FAILURE
+    except (ipc.IpcError, TimeoutError) as exc:
+        print(f"appliancectl: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        client.close()
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
