@@ -4,9 +4,11 @@ import time
 
 import pytest
 
+from appliance import cache
 from appliance.blob import blob_hash
 from appliance.cache.index import CacheIndex, CacheIndexError, index_path
 from appliance.cache.policies import POLICIES, make_policy
+from appliance.cache.spec import parse_disk_cache
 
 MB = 1024 * 1024
 
@@ -147,3 +149,12 @@ def test_a_million_entries_are_ready_in_seconds(tmp_path):
     for suffix in ("", "-wal", "-shm"):  # pytest keeps old tmp dirs: do not leave 240 MB behind
         if os.path.exists(again.path + suffix):
             os.unlink(again.path + suffix)
+
+
+def test_open_index_builds_the_spec_s_policy_inside_the_cache_directory(tmp_path):
+    spec = parse_disk_cache(f"3MB:{tmp_path}:arc")
+    index = cache.open_index(spec, "unused:x@tcp(127.0.0.1:1)/unused")
+    assert index.load() == [] and index.capacity == 3 * MB and index.policy.name == "arc"
+    index.add(h(1), MB)
+    index.close()
+    assert os.path.exists(tmp_path / "index.sqlite3")

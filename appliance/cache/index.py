@@ -169,10 +169,11 @@ class CacheIndex:
         policy = self.policy
         return [hash_ for hash_ in hashes if hash_ not in policy]
 
-    def touch(self, *hashes: str) -> int:
-        """Record reads (a batch from a worker); returns how many were cached."""
+    def touch(self, *hashes: str) -> None:
+        """Record reads (a batch from a worker); hashes not cached are ignored."""
         touch = self.policy.touch
-        return sum(1 for hash_ in hashes if touch(hash_))
+        for hash_ in hashes:
+            touch(hash_)
 
     def forget(self, hash_: str) -> bool:
         """Drop an entry whose file is gone (a hit found no file) or was deleted on purpose."""
