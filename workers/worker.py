@@ -14,7 +14,7 @@ import signal
 import gevent
 from gevent.event import Event
 
-from appliance import logs
+from appliance import ipc, logs
 from appliance.scoreboard import READY, STOPPING
 from appliance.stores.compose import CompositionError, build_origin, disk_cache_specs
 from appliance.stores.disk import DiskStore
@@ -39,7 +39,8 @@ def build_stores(ctx: ChildContext):
 
         mem = LRUMemoryStore(config.mem_cache)
     manager = CacheManagerClient(ctx.socket_path("cache")) if caches else None
-    store = TieredStore(origin.store, local=origin.local, caches=caches, mem=mem, manager=manager)
+    store = TieredStore(origin.store, local=origin.local, caches=caches, mem=mem, manager=manager,
+                        on_stored=None if config.disable_dht else _announcer(ctx))
     protected = None
     if config.protected_content_url:
         try:
@@ -49,6 +50,21 @@ def build_stores(ctx: ChildContext):
         if ProtectedContent is not None:
             protected = ProtectedContent(config.protected_content_url, fail_closed=config.protected_fail_closed)
     return store, origin.store, protected, manager
+
+
+def _announcer(ctx: ChildContext):
+    """Tell the DHT process about stored sd blobs (every blob with --dht-announce-all)."""
+    dht = ipc.IpcClient(ctx.socket_path("dht"), name="dht", timeout=2.0)
+    announce_all = ctx.config.dht_announce_all
+
+    def on_stored(hash_: str, is_sd: bool) -> None:
+        if is_sd or announce_all:
+            try:
+                dht.notify("announce", [hash_])
+            except ipc.IpcUnavailable as exc:
+                log.warning("cannot tell the DHT about %s: %s", hash_[:8], exc)
+
+    return on_stored
 
 
 def main(ctx: ChildContext) -> int:

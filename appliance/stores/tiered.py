@@ -81,12 +81,13 @@ class TieredStore(BlobStore):
 
     def __init__(self, origin: BlobStore, *, local: DiskStore | None = None, caches: list[DiskStore] | None = None,
                  mem: BlobStore | None = None, manager: CacheManagerClient | None = None,
-                 component: str = "reflector"):
+                 component: str = "reflector", on_stored=None):
         self.origin = origin
         self.local = local
         self.caches = caches or []
         self.mem = mem
         self.manager = manager
+        self.on_stored = on_stored  # callable(hash, is_sd) after an upload is durable (DHT announcements)
         self.direct = SingleFlightStore(origin, component)  # misses when the manager cannot coordinate
         self._hits = [metrics.CACHE_HIT_TOTAL.labels(cache_type=c.name, component=component) for c in self.caches]
         self._misses = [metrics.CACHE_MISS_TOTAL.labels(cache_type=c.name, component=component) for c in self.caches]
@@ -198,10 +199,14 @@ class TieredStore(BlobStore):
     def put(self, hash_: str, data: bytes) -> None:
         self.origin.put(hash_, data)
         self._write_through(hash_, data)
+        if self.on_stored is not None:
+            self.on_stored(hash_, False)
 
     def put_sd(self, hash_: str, data: bytes) -> None:
         self.origin.put_sd(hash_, data)
         self._write_through(hash_, data)
+        if self.on_stored is not None:
+            self.on_stored(hash_, True)
 
     def _write_through(self, hash_: str, data: bytes) -> None:
         for cache in self.caches:
