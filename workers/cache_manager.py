@@ -25,8 +25,7 @@ from gevent.event import Event
 from gevent.server import StreamServer
 
 from appliance import ipc, logs, metrics
-from appliance.cache.index import CacheIndex, CacheIndexError, index_path
-from appliance.cache.policies import make_policy
+from appliance.cache.index import CacheIndexError
 from appliance.cache.scan import CacheLoader, blob_path
 from appliance.cache.spec import DiskCacheSpec
 from appliance.scoreboard import READY, STOPPING
@@ -43,21 +42,20 @@ FLUSH_INTERVAL = 1.0
 class Layer:
     """One disk cache: its directory, its index and its counters."""
 
-    def __init__(self, spec: DiskCacheSpec):
+    def __init__(self, spec: DiskCacheSpec, localdb_conn: str):
         self.spec = spec
         self.root = spec.path
-        os.makedirs(self.root, exist_ok=True)
-        self.index = self._open_index()
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as exc:
+            raise BootError(f"cannot create the disk cache directory {self.root}: {exc.strerror}") from None
+        self.index = self._open_index(localdb_conn)
         self.evictions = metrics.CACHE_EVICT_TOTAL.labels(cache_type="disk", component="reflector")
 
-    def _open_index(self):
-        if self.spec.manager == "localdb":
-            try:
-                from appliance.cache.localdb import open_localdb_index
-            except ImportError as exc:
-                raise BootError(f"the localdb cache manager is not available: {exc}") from None
-            return open_localdb_index(self.spec)
-        return CacheIndex(index_path(self.root), make_policy(self.spec.manager, self.spec.size_bytes))
+    def _open_index(self, localdb_conn: str):
+        from appliance.cache import open_index
+
+        return open_index(self.spec, localdb_conn)
 
     def load(self) -> None:
         try:
@@ -198,7 +196,7 @@ def main(ctx: ChildContext) -> int:
         specs = disk_cache_specs(ctx.config)
     except CompositionError as exc:
         raise BootError(str(exc)) from None
-    layers = [Layer(spec) for spec in specs]
+    layers = [Layer(spec, ctx.config.localdb_conn) for spec in specs]
     for layer in layers:
         layer.load()
     manager = CacheManager(layers)
