@@ -66,6 +66,7 @@ def test_loader_adopts_a_reflector_go_directory_while_the_manager_keeps_working(
     assert index.used_bytes == sum(hashes.values()) + len(b"written by a worker during the scan")
     assert loader.counts.forgotten == 0 and loader.counts.refused == 0
     assert blob_hash(b"unfinished") not in index
+    assert os.listdir(os.path.join(root, "tmp")) == []  # a leftover nobody is writing any more
 
 
 def test_loader_forgets_files_deleted_behind_its_back(tmp_path):

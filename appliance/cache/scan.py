@@ -3,7 +3,7 @@
 CacheLoader is nginx's "cache loader" for our index: after a crash, or on the first start over an existing
 reflector.go cache directory, it adopts every blob file the index does not know and then forgets index
 entries whose files are gone, a batch at a time, so the cache manager keeps serving in between. `tmp/`
-is never indexed (unfinished writes; the disk store removes stale ones), nor are names that are not blob
+is never indexed (unfinished writes; the loader removes those of dead writers first), nor are names that are not blob
 hashes, files in the wrong prefix directory, or files whose size no blob can have.
 """
 from __future__ import annotations
@@ -13,9 +13,14 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from appliance.blob import MAX_BLOB_SIZE, is_valid_hash
 from appliance.cache.index import CacheIndex
+from appliance.stores.disk import DiskStore
+
+if TYPE_CHECKING:
+    from appliance.cache.localdb import LocalDBIndex
 
 log = logging.getLogger("cache")
 
@@ -85,7 +90,7 @@ def iter_blob_files(root: str, counts: ScanCounts | None = None) -> Iterator[tup
 class CacheLoader:
     """Adopt unknown files, then drop entries whose files are gone, `batch` files per step."""
 
-    def __init__(self, root: str, index: CacheIndex, batch: int = 1000):
+    def __init__(self, root: str, index: CacheIndex | LocalDBIndex, batch: int = 1000):
         self.root = root
         self.index = index
         self.batch = batch
@@ -93,6 +98,7 @@ class CacheLoader:
 
     def steps(self) -> Iterator[ScanCounts]:
         """Do the work one batch per iteration; the caller serves requests between iterations."""
+        DiskStore(self.root).remove_stale_temp_files()  # tmp/ leftovers of crashed writers, ours or reflector.go's
         names: list[str] = []
         for name in iter_blob_names(self.root, self.counts):
             names.append(name)
