@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pymysql
 
+from appliance.db import schema_statements
 from tests.servers.ports import free_port, wait_until
 
-SCHEMA = Path(__file__).resolve().parents[2] / "schema.sql"
 USER, PASSWORD = "appliance", "appliance-test"
 _names = itertools.count(1)
 
@@ -197,9 +197,3 @@ class MariaDB:
 
     def drop_database(self, db: TestDatabase) -> None:
         self._admin_run(f"DROP DATABASE IF EXISTS `{db.name}`")
-
-
-def schema_statements() -> list[str]:
-    """The CREATE TABLE statements of schema.sql (comment lines dropped)."""
-    text = "\n".join(line for line in SCHEMA.read_text().splitlines() if not line.lstrip().startswith("--"))
-    return [s.strip() for s in text.split(";") if s.strip()]
