@@ -139,7 +139,8 @@ class Supervisor:
         }
 
     def worker_services(self) -> list[str]:
-        return [s for s in WORKER_PORTS if not (s == "receiver" and self.config.disable_uploads)]
+        return [s for s in WORKER_PORTS if self.config.values[PORT_SETTING[s]]
+                and not (s == "receiver" and self.config.disable_uploads)]
 
     # -- setup --------------------------------------------------------------------------------------
     def setup(self) -> None:
