@@ -2,8 +2,9 @@
 
 Up to alpha requests are in flight at once; every answer adds the contacts it names to the candidates,
 and a freed slot goes to the closest candidate not asked yet. A findNode lookup ends when the K closest
-candidates that did not fail have all answered. A findValue lookup ends at the first answer carrying
-peers, after fetching that node's other pages; or like findNode when nobody has any.
+candidates that did not fail have all answered. A findValue lookup goes just as far, so that it
+collects the peers every one of those nodes holds (and their further pages), not only the first
+node's: two announcers need not have reached exactly the same K nodes.
 """
 from __future__ import annotations
 
@@ -66,11 +67,7 @@ class _Lookup:
 
     def run(self) -> LookupResult:
         while True:
-            if self.value and self.peers:
-                # A value was found: only that node's further pages are still worth waiting for.
-                self.inflight = {call: entry for call, entry in self.inflight.items() if entry[1] > 0}
-            else:
-                self._launch()
+            self._launch()
             if not self.inflight:
                 break
             self._wait_one()
@@ -121,11 +118,10 @@ class _Lookup:
             reply = parse_find_value(result, self.key)
             self.node.cache_token((contact.ip, contact.udp_port), reply.token)
             contacts = reply.contacts
-            found_before = bool(self.peers)
             for peer in reply.peers:
                 if self.node.usable(peer.ip, peer.tcp_port):
                     self.peers.setdefault((peer.ip, peer.tcp_port, peer.node_id), peer)
-            if page == 0 and reply.peers and not found_before:
+            if page == 0 and reply.peers:
                 for extra_page in range(1, min(reply.pages, MAX_PAGES)):
                     self._send(contact, extra_page)
         if page == 0:

@@ -101,14 +101,16 @@ class DhtService:
     def port(self) -> int:
         return self.node.port
 
-    def start(self) -> None:
-        """Bind (OSError if the port is taken), then join and announce in the background."""
+    def start(self, join: bool = True) -> None:
+        """Bind (OSError if the port is taken), then announce, and join in the background unless `join` is
+        False (then the caller joins with join_once())."""
         self.node.start()
         self._started = True
         self.announcer.start()
-        self._joiner = threading.Thread(target=self._join_loop, name="dht-join", daemon=True)
-        self._joiner.start()
-        log.info("DHT node %s on UDP %s:%d", self.node_id.hex()[:16], self.node.rpc.bind[0], self.port)
+        if join:
+            self._joiner = threading.Thread(target=self._join_loop, name="dht-join", daemon=True)
+            self._joiner.start()
+        log.info("DHT node %s on UDP %s:%d", self.node_id.hex(), self.node.rpc.bind[0], self.port)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -134,7 +136,7 @@ class DhtService:
             if self._joined.is_set() and len(self.node.routing) > 0:
                 self._stopping.wait(REJOIN_CHECK)
                 continue
-            answered = self._join_once()
+            answered = self.join_once()
             if answered:
                 if warned:
                     log.info("DHT joined: %d of %d seeds answered", answered, len(self.seeds))
@@ -147,7 +149,8 @@ class DhtService:
             self._stopping.wait(delay)
             delay = min(delay * 2, self.join_retry[1])
 
-    def _join_once(self) -> int:
+    def join_once(self) -> int:
+        """One join attempt: ping the seeds, look up our own id; returns how many seeds answered."""
         targets = [address for seed in self.seeds for address in resolve(seed)]
         if not targets:
             return 0
