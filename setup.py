@@ -22,7 +22,6 @@ setup(
         "boto3>=1.34",
         "prometheus-client>=0.20",
         "msgpack>=1.0",
-        "diskcache>=5.6",
         "cryptography>=42",
         "tqdm>=4.66",
         "aioquic>=1.2",
