@@ -1,0 +1,133 @@
+"""S3 (boto3): object key = blob hash (spec §4.7).
+
+The client is created on first use in each process (never inherited through a fork) and shared by the
+threads or greenlets of that process; boto3 clients are thread-safe once created. botocore retries
+throttling, 5xx answers and connection failures with exponential backoff ("standard" mode), and every
+request has connect and read timeouts. Fetched blobs are checked against their SHA-384.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
+
+from appliance import metrics
+from appliance.blob import MAX_BLOB_SIZE, blob_hash, check_hash
+from appliance.errors import BlobNotFound, OriginError
+from appliance.stores.base import Blob, BlobStore
+from appliance.trace import Trace
+
+NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
+
+
+class S3Store(BlobStore):
+    """has / get / put / put_sd / delete on one bucket."""
+
+    name = "s3"
+
+    def __init__(self, aws_id: str, aws_secret: str, region: str, bucket: str, endpoint: str = "", *,
+                 acl: str = "public-read", connect_timeout: float = 5.0, read_timeout: float = 60.0,
+                 max_attempts: int = 5):
+        if not bucket:
+            raise ValueError("S3 needs a bucket name (bucket_name)")
+        self.aws_id, self.aws_secret = aws_id, aws_secret
+        self.region = region or "us-east-1"
+        self.bucket = bucket
+        self.endpoint = endpoint
+        self.acl = acl  # reflector.go uploads public-read: blobs are public anyway (CloudFront reads them)
+        self._config = Config(
+            connect_timeout=connect_timeout, read_timeout=read_timeout,
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            # A custom endpoint (MinIO, Ceph, moto...) is addressed by path; AWS by virtual host.
+            s3={"addressing_style": "path" if endpoint else "virtual"},
+            # Only the checksums S3 requires: third-party S3 servers reject the newer optional ones,
+            # and blobs are verified by their SHA-384 anyway.
+            request_checksum_calculation="when_required", response_checksum_validation="when_required",
+            max_pool_connections=64)
+        self._lock = threading.Lock()
+        self._client = None
+        self._client_pid = 0
+
+    @classmethod
+    def from_config(cls, config) -> S3Store:
+        """The store for reflector.go's config keys aws_id, aws_secret, bucket_region, bucket_name, s3_endpoint."""
+        return cls(config.aws_id, config.aws_secret, config.bucket_region, config.bucket_name, config.s3_endpoint)
+
+    def client(self):
+        if self._client_pid != os.getpid():
+            with self._lock:
+                if self._client_pid != os.getpid():
+                    # boto3 sessions are not thread-safe: one private session per client, made under the lock.
+                    session = boto3.session.Session(aws_access_key_id=self.aws_id or None,
+                                                    aws_secret_access_key=self.aws_secret or None,
+                                                    region_name=self.region)
+                    self._client = session.client("s3", endpoint_url=self.endpoint or None, config=self._config)
+                    self._client_pid = os.getpid()
+        return self._client
+
+    def has(self, hash_: str) -> bool:
+        check_hash(hash_)
+        try:
+            self.client().head_object(Bucket=self.bucket, Key=hash_)
+            return True
+        except ClientError as exc:
+            if _code(exc) in NOT_FOUND_CODES:
+                return False
+            raise self._error("head", hash_, exc) from None
+        except BotoCoreError as exc:
+            raise self._error("head", hash_, exc) from None
+
+    def get(self, hash_: str) -> Blob:
+        check_hash(hash_)
+        started = time.monotonic_ns()
+        try:
+            response = self.client().get_object(Bucket=self.bucket, Key=hash_)
+            with response["Body"] as body:
+                data = body.read(MAX_BLOB_SIZE + 1)
+        except ClientError as exc:
+            if _code(exc) in NOT_FOUND_CODES:
+                raise BlobNotFound(trace=Trace.new(self.name, started)) from None
+            raise self._error("get", hash_, exc) from None
+        except BotoCoreError as exc:
+            raise self._error("get", hash_, exc) from None
+        if not 0 < len(data) <= MAX_BLOB_SIZE or blob_hash(data) != hash_:
+            raise OriginError(f"s3 bucket {self.bucket}: object {hash_[:8]} ({len(data)} bytes) does not match "
+                              "its hash")
+        return Blob(hash_, data=data, trace=Trace.new(self.name, started))
+
+    def put(self, hash_: str, data: bytes) -> None:
+        check_hash(hash_)
+        extra = {"ACL": self.acl} if self.acl else {}
+        try:
+            self.client().put_object(Bucket=self.bucket, Key=hash_, Body=bytes(data), **extra)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error("put", hash_, exc) from None
+        metrics.S3_OUT_BYTES.inc(len(data))  # counted when stored (reflector.go also counted failures)
+
+    def delete(self, hash_: str) -> None:
+        check_hash(hash_)
+        try:
+            self.client().delete_object(Bucket=self.bucket, Key=hash_)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error("delete", hash_, exc) from None
+
+    def _error(self, op: str, hash_: str, exc: Exception) -> OriginError:
+        """One line for the operator; timeouts say `i/o timeout` so they classify as reflector.go's io_timeout."""
+        if isinstance(exc, ClientError):
+            code = _code(exc)
+            if code == "NoSuchBucket":
+                return OriginError(f"bucket {self.bucket} does not exist")
+            message = exc.response.get("Error", {}).get("Message") or ""
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return OriginError(f"s3 {op} {hash_[:8]}: {code or status} {message}".rstrip())
+        if isinstance(exc, ConnectTimeoutError | ReadTimeoutError):
+            return OriginError(f"s3 {op} {hash_[:8]}: i/o timeout ({exc})")
+        return OriginError(f"s3 {op} {hash_[:8]}: {exc}")
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))

@@ -1,0 +1,92 @@
+"""S3Store against real S3 servers: moto's server mode and s3rver (a second implementation)."""
+import os
+
+import pytest
+from prometheus_client import REGISTRY
+
+from appliance.blob import blob_hash
+from appliance.config import resolve
+from appliance.errors import BlobNotFound, OriginError, classify
+from appliance.stores.s3 import S3Store
+from tests.servers.ports import free_port
+
+
+def s3_out_bytes() -> float:
+    return REGISTRY.get_sample_value("reflector_s3_out_bytes_total") or 0.0
+
+
+def store_for(bucket, **kwargs) -> S3Store:
+    return S3Store(bucket.aws_id, bucket.aws_secret, bucket.region, bucket.bucket, bucket.endpoint, **kwargs)
+
+
+def test_put_has_get_delete(s3_any):
+    store = store_for(s3_any)
+    data = os.urandom(2 * 1024 * 1024)  # a full-size blob
+    hash_ = blob_hash(data)
+    assert not store.has(hash_)
+    before = s3_out_bytes()
+    store.put(hash_, data)
+    assert s3_out_bytes() - before == len(data)
+    assert s3_any.keys() == {hash_}  # object key = hash, as reflector.go
+    assert store.has(hash_)
+    with store.get(hash_) as blob:
+        assert blob.data == data and blob.trace.stacks[0].origin_name == "s3"
+    store.put_sd(hash_, data)  # sd blobs are plain objects in S3
+    store.delete(hash_)
+    assert not store.has(hash_) and s3_any.keys() == set()
+    with pytest.raises(BlobNotFound):
+        store.get(hash_)
+    store.delete(hash_)  # deleting a missing blob is not an error
+
+
+def test_objects_are_public_read_as_reflector_go(s3_bucket):
+    data = b"public blob"
+    store_for(s3_bucket).put(blob_hash(data), data)
+    grants = s3_bucket.client().get_object_acl(Bucket=s3_bucket.bucket, Key=blob_hash(data))["Grants"]
+    assert any(g["Grantee"].get("URI", "").endswith("/AllUsers") and g["Permission"] == "READ" for g in grants)
+
+
+def test_missing_bucket_and_corrupt_objects(s3_any):
+    data = b"x" * 100
+    hash_ = blob_hash(data)
+    gone = S3Store(s3_any.aws_id, s3_any.aws_secret, s3_any.region, "no-such-bucket-here", s3_any.endpoint)
+    with pytest.raises(OriginError, match="bucket no-such-bucket-here does not exist"):
+        gone.get(hash_)
+    # An object whose bytes are not its name is refused, not served.
+    s3_any.client().put_object(Bucket=s3_any.bucket, Key=hash_, Body=b"y" * 100)
+    with pytest.raises(OriginError, match="does not match"):
+        store_for(s3_any).get(hash_)
+
+
+def test_unreachable_s3_fails_cleanly_and_counts_nothing():
+    store = S3Store("id", "secret", "us-east-1", "blobs", f"http://127.0.0.1:{free_port()}", max_attempts=2,
+                    connect_timeout=1)
+    data = b"z" * 10
+    before = s3_out_bytes()
+    with pytest.raises(OriginError) as info:
+        store.put(blob_hash(data), data)
+    assert "\n" not in str(info.value) and "secret" not in str(info.value)
+    assert s3_out_bytes() == before
+    with pytest.raises(OriginError):
+        store.has(blob_hash(data))
+
+
+def test_timeouts_are_classified_as_io_timeout(http_server):
+    from tests.servers.http import Route
+
+    data = b"slow"
+    http_server.routes[f"/blobs/{blob_hash(data)}"] = Route(200, data, hang=5)
+    store = S3Store("id", "secret", "us-east-1", "blobs", http_server.url(""), read_timeout=0.3, max_attempts=1)
+    with pytest.raises(OriginError) as info:
+        store.get(blob_hash(data))
+    assert classify(info.value) == "io_timeout"
+
+
+def test_from_config_uses_reflector_go_keys(s3_bucket):
+    config = resolve(s3_bucket.config_values())
+    store = S3Store.from_config(config)
+    data = b"configured"
+    store.put(blob_hash(data), data)
+    assert store.get_bytes(blob_hash(data)) == data
+    with pytest.raises(ValueError, match="bucket"):
+        S3Store.from_config(resolve({}))
