@@ -7,10 +7,18 @@ namespace; commands run chrooted into it. dpkg and apt see a real Debian 12 with
 change lands in the upper layer, where the purge test looks for anything left behind. Nothing reaches the
 real / and nothing of it is shared between tests.
 """
+import hashlib
+import json
 import os
+import re
 import shutil
+import signal
+import socket
 import stat
 import subprocess
+import time
+import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -220,3 +228,157 @@ def test_installs_runs_and_purges_cleanly(deb, clone):
     assert passwd_entry(clone, "reflector") is None
     assert "reflector:" not in clone.path("/etc/group").read_text()
     assert leftovers(clone.upper) == []
+
+
+# --- acceptance: the installed appliance, started exactly the way its unit starts it ---------------------
+
+def unit_directives() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in (REPO / "systemd" / f"{NAME}.service").read_text().splitlines():
+        if line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            out.setdefault(key, []).append(value)
+    return out
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class NotifySocket:
+    """A fake systemd notify socket (abstract namespace, as sd_notify allows): collects what the service says."""
+
+    def __init__(self):
+        self.name = f"@reflector-test-{uuid.uuid4().hex}"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + self.name[1:])
+        self.messages: list[str] = []
+
+    def wait_for(self, field: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> list[str]:
+        """Messages received until one holds `field` (e.g. READY=1); fails if the service exits first."""
+        deadline, seen = time.monotonic() + timeout, []
+        while time.monotonic() < deadline:
+            self.sock.settimeout(0.2)
+            try:
+                message = self.sock.recv(4096).decode()
+            except TimeoutError:
+                assert proc.poll() is None, f"the service exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
+                continue
+            self.messages.append(message)
+            seen.append(message)
+            if field in message.splitlines():
+                return seen
+        raise AssertionError(f"no {field} within {timeout} s; got {seen}; log:\n{log.read_text()[-3000:]}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def workers_in_metrics(port: int) -> float:
+    match = re.search(r'^appliance_processes\{role="worker"\} (\S+)$', scrape(port), re.M)
+    return float(match.group(1)) if match else -1.0
+
+
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def test_service_starts_reloads_and_stops_as_the_unit_runs_it(deb, clone, tmp_path):
+    unit = unit_directives()
+    clone.run("apt-get", "install", "-y", "--no-install-recommends", str(deb))
+    ports = {key: free_port() for key in ("receiver_port", "tcp_peer_port", "http_peer_port", "metrics_port")}
+    # Loopback only and nothing that reaches the internet: no DHT, no blocklist, no protected-content list.
+    # (HTTP/3 is off until its role exists.)
+    settings = {**ports, "listen_address": "127.0.0.1", "workers": 1, "disable_dht": True, "disable_http3": True,
+                "disable_blocklist": True, "protected_content_url": ""}
+    config = clone.path(configfile.SERVICE_CONFIG)
+    config.write_text(config.read_text() + "".join(f"{k} = {configfile.toml_value(v)}\n" for k, v in settings.items()))
+
+    # What systemd does before ExecStart: the RuntimeDirectory= directories, owned by the user, with their mode.
+    user = passwd_entry(clone, "reflector")
+    uid, gid = int(user[2]), int(user[3])
+    for name in unit["RuntimeDirectory"][0].split():
+        clone.path("/run/" + name).mkdir()
+        os.chown(clone.path("/run/" + name), uid, gid)
+        os.chmod(clone.path("/run/" + name), int(unit["RuntimeDirectoryMode"][0], 8))
+    runtime = clone.path("/run/" + unit["RuntimeDirectory"][0].split()[0])
+
+    notify = NotifySocket()
+    env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8",
+           f"HOME={user[5]}", "USER=reflector", "LOGNAME=reflector", f"SHELL={user[6]}",
+           f"INVOCATION_ID={uuid.uuid4().hex}", f"NOTIFY_SOCKET={notify.name}",
+           f"WATCHDOG_USEC={int(unit['WatchdogSec'][0]) * 1_000_000}", *unit["Environment"]]
+    sandbox = ["setpriv", f"--reuid={unit['User'][0]}", f"--regid={unit['Group'][0]}", "--init-groups",
+               "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all"]
+    umask = ["sh", "-c", f'umask {unit["UMask"][0]}; exec "$@"', "sh"]
+    log = tmp_path / "service.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(["nsenter", f"--target={clone.holder.pid}", "--mount", "chroot", str(clone.merged),
+                                 *sandbox, "env", "-i", *env, *umask, *unit["ExecStart"][0].split()],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        started = notify.wait_for("READY=1", proc, log)
+        assert any(line.startswith("STATUS=") for m in started for line in m.splitlines())
+        assert workers_in_metrics(ports["metrics_port"]) == 1
+        assert (runtime / "control.sock").exists() and (runtime / "prom").is_dir()
+
+        # It serves: a blob uploaded to the receiver is stored under StateDirectory= and served over HTTP.
+        sent = clone.run("/usr/bin/prism", "--conf", "none", "sendblob", f"127.0.0.1:{ports['receiver_port']}")
+        blob = json.loads(sent.stdout)["blob_hash"]
+        url = f"http://127.0.0.1:{ports['http_peer_port']}/blob?hash={blob}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert hashlib.sha384(response.read()).hexdigest() == blob
+        [stored] = clone.path(configfile.SERVICE_PROFILE["storage_dir"]).rglob(blob)
+        assert stored.stat().st_uid == uid and stored.stat().st_mode & 0o007 == 0  # UMask=0027
+
+        # ExecReload: HUP after an edit -> RELOADING=1 ... READY=1, and the new worker count is applied.
+        config.write_text(config.read_text().replace("workers = 1\n", "workers = 2\n"))
+        os.kill(proc.pid, signal.SIGHUP)
+        reload = notify.wait_for("RELOADING=1", proc, log) + notify.wait_for("READY=1", proc, log)
+        assert reload
+        wait_until(lambda: workers_in_metrics(ports["metrics_port"]) == 2, 60, "a second worker after HUP")
+
+        # KillSignal=SIGTERM: STOPPING=1, every child gone, exit 0 well within TimeoutStopSec.
+        children = children_of(proc.pid)
+        assert len(children) >= 3, children  # cache manager and two workers
+        os.kill(proc.pid, signal.SIGTERM)
+        notify.wait_for("STOPPING=1", proc, log)
+        assert proc.wait(timeout=float(unit["TimeoutStopSec"][0])) == 0, log.read_text()[-3000:]
+        assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
+        assert not (runtime / "control.sock").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()
+
+    # ProtectSystem=strict: everything the service wrote is in the directories the unit makes writable.
+    writable = [f"{d}/{NAME}" for d in ("run", "var/lib", "var/cache", "var/log")] + ["tmp", "var/tmp"]
+    written = [str(p.relative_to(clone.upper)) for p in clone.upper.rglob("*") if p.lstat().st_uid == uid]
+    assert [p for p in written if not any(p == w or p.startswith(w + "/") for w in writable)] == []

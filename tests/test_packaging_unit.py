@@ -82,11 +82,14 @@ def test_unit_runs_the_installed_command_with_the_service_paths():
     assert int(service("WatchdogSec")[0]) > 0 and service("Restart") == ["on-failure"]
     # systemd's managed directories are the service profile's directories.
     profile = configfile.SERVICE_PROFILE
-    assert "/run/" + service("RuntimeDirectory")[0] == profile["runtime_dir"]
+    runtime_dirs = service("RuntimeDirectory")[0].split()
+    assert "/run/" + runtime_dirs[0] == profile["runtime_dir"]
     assert "/var/cache/" + service("CacheDirectory")[0] == profile["cache_dir"]
     state = "/var/lib/" + service("StateDirectory")[0]
     assert profile["storage_dir"].startswith(state + "/") and profile["state_dir"].startswith(state + "/")
+    # The metrics directory exists (systemd makes it) before prism imports prometheus_client.
     assert service("Environment") == [f"PROMETHEUS_MULTIPROC_DIR={profile['runtime_dir']}/prom"]
+    assert "/run/" + runtime_dirs[1] == f"{profile['runtime_dir']}/prom"
 
 
 def test_stop_timeout_exceeds_the_graceful_timeout():
