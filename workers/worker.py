@@ -30,9 +30,11 @@ def build_stores(ctx: ChildContext):
     try:
         origin = build_origin(config)
         specs = disk_cache_specs(config)
+        caches = [DiskStore(spec.path) for spec in specs]
     except (CompositionError, ValueError) as exc:
         raise BootError(str(exc)) from None
-    caches = [DiskStore(spec.path) for spec in specs]
+    except OSError as exc:  # a storage or cache directory that cannot be created: no point in respawning
+        raise BootError(f"cannot use {exc.filename}: {exc.strerror}") from None
     mem = None
     if config.mem_cache > 0:
         from appliance.stores.memory import LRUMemoryStore

@@ -14,7 +14,11 @@ FLAGS = [s.key for s in cfg.SETTINGS if s.flag != "" and s.group not in ("compat
 def run(args: argparse.Namespace) -> int:
     overrides = cfg.overrides_from_args(args, FLAGS)
     config = load_config(args, overrides)
+    from appliance import logs
     from appliance.cli.prism import verbose_components
+
+    if config.log_file:  # the supervisor's own lines go to --log-file too, as its children's do
+        logs.setup("prism", verbose_components(args), config.log_file)
     from appliance.stores.compose import CompositionError, disk_cache_specs
 
     try:  # fail here, with one line, rather than in every child
@@ -23,11 +27,6 @@ def run(args: argparse.Namespace) -> int:
             raise CompositionError(f"protocol is not recognized: {config.upstream_protocol}")
     except CompositionError as exc:
         raise CommandError(str(exc), 2) from None
-    if config.use_db and not config.db_conn:
-        _note_once("use_db is on but no db_conn is configured: running without a database")
-    for key in ("update_bin_url", "update_cmd"):
-        if config.values.get(key):
-            _note_once(f"{key} is ignored: the appliance is updated by its package, not by itself")
     from appliance.supervisor import Supervisor, SupervisorError
 
     def reload_config() -> cfg.Config:
@@ -39,6 +38,12 @@ def run(args: argparse.Namespace) -> int:
     except SupervisorError as exc:
         supervisor.shutdown()
         raise CommandError(str(exc)) from None
+    # Notes come after the checks, so a failed start prints its one error line and nothing else.
+    if config.use_db and not config.db_conn:
+        _note_once("use_db is on but no db_conn is configured: running without a database")
+    for key in ("update_bin_url", "update_cmd"):
+        if config.values.get(key):
+            _note_once(f"{key} is ignored: the appliance is updated by its package, not by itself")
     return supervisor.run()
 
 
