@@ -2,10 +2,11 @@
 
 Each held hash is announced when added and again every `reannounce_interval` (reflector.go: 50 min);
 a hash whose announce reached nobody is retried after `retry_interval`. Announces are paced by a token
-bucket (10/s, burst 10) and run on a few worker threads. One announce = an iterative findNode for the
-hash, then on each of the K closest nodes a store with a token from that node (cached 5 min, fetched
-with findValue) and one retry with a fresh token on "Invalid token". Our own findValue answers name us
-for every held hash, which is how the SDK announces to itself.
+bucket (10/s, burst 10) and run on several worker threads (an announce mostly waits for answers).
+One announce = an iterative findNode for the hash, then on each of the K closest nodes a store with a
+token from that node (cached 5 min, fetched with findValue) and one retry with a fresh token on
+"Invalid token". Our own findValue answers name us for every held hash, which is how the SDK
+announces to itself.
 """
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ class Announcer:
 
     def __init__(self, node: Node, *, rate: float = ANNOUNCE_RATE, burst: int = 10,
                  reannounce_interval: float = REANNOUNCE_INTERVAL, retry_interval: float = RETRY_INTERVAL,
-                 workers: int = 4, ready: Callable[[], bool] | None = None,
+                 workers: int = 10, ready: Callable[[], bool] | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.node = node
         self.rate = rate

@@ -160,6 +160,8 @@ class Node:
         """Ping an unknown sender once in a while: its pong puts it in the routing table."""
         if not self.usable(*address) or self.routing.get(node_id) is not None:
             return
+        if self.rpc.pending_count() >= self.rpc.max_pending // 2:
+            return  # a flood of strangers must not crowd out our own lookups and announces
         now = self.clock()
         with self._lock:
             last = self._pinged_back.get(address)

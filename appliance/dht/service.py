@@ -9,15 +9,18 @@ Only stdlib sockets and threading: works in plain threads and under gevent's mon
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import socket
+import tempfile
 import threading
 from collections.abc import Iterable
 
 from appliance.blob import check_hash
 from appliance.dht import addresses, iterative
 from appliance.dht.announcer import ANNOUNCE_RATE, REANNOUNCE_INTERVAL, Announcer
-from appliance.dht.node import Node
+from appliance.dht.node import Node, parse_node_id, random_node_id
 
 log = logging.getLogger("dht")
 
@@ -61,6 +64,34 @@ def local_ip_towards(address: tuple[str, int]) -> str | None:
     except OSError:
         return None
     return ip if addresses.usable(ip, 1) else None
+
+
+def persistent_node_id(path: str) -> bytes:
+    """The node id kept in `path` (96 hex characters); a random one is created there on first use.
+
+    A stable id keeps our place in other nodes' routing tables across restarts. The file is written
+    to a temporary name, fsynced and renamed, so a crash never leaves a half-written id behind.
+    """
+    try:
+        with open(path) as f:
+            return parse_node_id(f.read().strip())
+    except FileNotFoundError:
+        pass
+    node_id = random_node_id()
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".dht-node-id.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(node_id.hex() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return node_id
 
 
 def hash_key(value: str) -> bytes:
