@@ -115,18 +115,30 @@ class S3Store(BlobStore):
         except (ClientError, BotoCoreError) as exc:
             raise self._error("delete", hash_, exc) from None
 
+    def check_bucket(self) -> None:
+        """OriginError unless the bucket exists and answers (a bulk job checks this once, up front)."""
+        try:
+            self.client().head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if _code(exc) in NOT_FOUND_CODES | {"NoSuchBucket"}:
+                raise OriginError(f"bucket {self.bucket} does not exist") from None
+            raise self._error("head bucket", "", exc) from None
+        except BotoCoreError as exc:
+            raise self._error("head bucket", "", exc) from None
+
     def _error(self, op: str, hash_: str, exc: Exception) -> OriginError:
         """One line for the operator; timeouts say `i/o timeout` so they classify as reflector.go's io_timeout."""
+        subject = f"s3 {op} {hash_[:8]}" if hash_ else f"s3 {op} {self.bucket}"
         if isinstance(exc, ClientError):
             code = _code(exc)
             if code == "NoSuchBucket":
                 return OriginError(f"bucket {self.bucket} does not exist")
             message = exc.response.get("Error", {}).get("Message") or ""
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            return OriginError(f"s3 {op} {hash_[:8]}: {code or status} {message}".rstrip())
+            return OriginError(f"{subject}: {code or status} {message}".rstrip())
         if isinstance(exc, ConnectTimeoutError | ReadTimeoutError):
-            return OriginError(f"s3 {op} {hash_[:8]}: i/o timeout ({exc})")
-        return OriginError(f"s3 {op} {hash_[:8]}: {exc}")
+            return OriginError(f"{subject}: i/o timeout ({exc})")
+        return OriginError(f"{subject}: {exc}")
 
 
 def _code(exc: ClientError) -> str:
