@@ -348,6 +348,11 @@ def test_service_starts_reloads_and_stops_as_the_unit_runs_it(deb, clone, tmp_pa
         assert workers_in_metrics(ports["metrics_port"]) == 1
         assert (runtime / "control.sock").exists() and (runtime / "prom").is_dir()
 
+        # appliancectl with no arguments finds the service through the installed config.
+        status = clone.run("/usr/bin/appliancectl", "status").stdout
+        assert f"pid {proc.pid}" in status and "ready" in status and "worker-0" in status, status
+        assert re.search(r"^cache-manager\s+\d+", status, re.M), status
+
         # It serves: a blob uploaded to the receiver is stored under StateDirectory= and served over HTTP.
         sent = clone.run("/usr/bin/prism", "--conf", "none", "sendblob", f"127.0.0.1:{ports['receiver_port']}")
         blob = json.loads(sent.stdout)["blob_hash"]
@@ -363,6 +368,12 @@ def test_service_starts_reloads_and_stops_as_the_unit_runs_it(deb, clone, tmp_pa
         reload = notify.wait_for("RELOADING=1", proc, log) + notify.wait_for("READY=1", proc, log)
         assert reload
         wait_until(lambda: workers_in_metrics(ports["metrics_port"]) == 2, 60, "a second worker after HUP")
+
+        def roles() -> list[str]:  # the replaced worker may still be listed while it retires
+            status = json.loads(clone.run("/usr/bin/appliancectl", "status", "--json").stdout)
+            return sorted(p["role"] for p in status["processes"]) if status["state"] == "ready" else []
+
+        wait_until(lambda: roles() == ["cache-manager", "worker", "worker"], 60, "appliancectl showing 2 workers")
 
         # KillSignal=SIGTERM: STOPPING=1, every child gone, exit 0 well within TimeoutStopSec.
         children = children_of(proc.pid)
