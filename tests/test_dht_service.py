@@ -10,6 +10,7 @@ import pytest
 from appliance.blob import InvalidBlobHash
 from appliance.dht.announcer import store_on
 from appliance.dht.node import Node
+from appliance.dht.protocol import RpcTimeout
 from appliance.dht.routing import Contact
 from appliance.dht.service import DhtService, parse_seed, persistent_node_id
 
@@ -73,6 +74,18 @@ def test_store_retries_once_with_a_fresh_token(nodes):
     assert store_on(announcer, [contact], key, 4321) == 1
     assert [(p.ip, p.tcp_port, p.node_id) for p in holder.peers.get(key)] == [("127.0.0.1", 4321, announcer.node_id)]
     assert announcer.cached_token(address) == holder.tokens.make("127.0.0.1")
+
+
+def test_a_contact_that_stops_answering_collects_failures(nodes):
+    node, other = nodes(), nodes()
+    address = ("127.0.0.1", other.port)
+    assert node.ping(address) == other.node_id
+    assert node.routing.get(other.node_id).failures == 0
+    other.stop()
+    for expected in (1, 2):
+        with pytest.raises(RpcTimeout):
+            node.ping(address, timeout=0.2)
+        assert node.routing.get(other.node_id).failures == expected
 
 
 def test_hashes_are_reannounced_and_withdrawn(nodes):

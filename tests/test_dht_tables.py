@@ -78,6 +78,7 @@ def test_an_answer_resets_failures_and_a_new_id_at_a_known_address_replaces_the_
     b = node_id(ID_SPACE // 2 + 1)
     table.add(b, "127.0.0.1", 3000)  # the node at that address restarted with another id
     assert table.get(a) is None and table.get(b) is not None
+    assert table.at(("127.0.0.1", 3000)) == b and table.at(("127.0.0.1", 3001)) is None
     assert not table.touch(a, "127.0.0.1", 3000)  # requests never insert
 
 

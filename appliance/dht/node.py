@@ -102,7 +102,7 @@ class Node:
                              clock=clock)
         self._lock = threading.Lock()
         self._pinged_back: OrderedDict[tuple[str, int], float] = OrderedDict()
-        self._token_cache: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
+        self._token_cache: OrderedDict[tuple[str, int], tuple[bytes, float]] = OrderedDict()
         self._stopping = threading.Event()
         self._maintenance: threading.Thread | None = None
 
@@ -146,15 +146,9 @@ class Node:
             self.routing.add(message.node_id, *address)
 
     def _on_timeout(self, call: PendingCall) -> None:
-        contact_id = self._contact_at(call.address)
+        contact_id = self.routing.at(call.address)
         if contact_id is not None:
             self.routing.fail(contact_id)
-
-    def _contact_at(self, address: tuple[str, int]) -> bytes | None:
-        for contact in self.routing.contacts():
-            if contact.address == address:
-                return contact.node_id
-        return None
 
     def _maybe_ping_back(self, node_id: bytes, address: tuple[str, int]) -> None:
         """Ping an unknown sender once in a while: its pong puts it in the routing table."""

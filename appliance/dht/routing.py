@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from appliance.dht.messages import NODE_ID_LEN, ContactTriple
@@ -100,6 +100,11 @@ class RoutingTable:
     def get(self, node_id: bytes) -> Contact | None:
         with self._lock:
             return self._bucket_for(id_int(node_id)).find(node_id)
+
+    def at(self, address: tuple[str, int]) -> bytes | None:
+        """The id of the contact at this (ip, udp_port), if any."""
+        with self._lock:
+            return self._by_address.get(address)
 
     def contacts(self) -> list[Contact]:
         with self._lock:
@@ -241,7 +246,3 @@ class RoutingTable:
         index = self._buckets.index(bucket)
         self._buckets[index:index + 1] = [low, high]
 
-
-def closest(contacts: Iterable[Contact], key: bytes, count: int) -> list[Contact]:
-    target = id_int(key)
-    return sorted(contacts, key=lambda c: c.key ^ target)[:count]
