@@ -1,0 +1,113 @@
+"""Protected content (spec §6.2): sd hashes that only holders of the edge token may download.
+
+The list is fetched over HTTP (`{"success": bool, "error": str, "data": [{"sd_hash": ..., "claim_id": ...}]}`)
+with a timeout (reflector.go has none), kept for `ttl` seconds (2 minutes, as reflector.go), and
+refreshed by one caller at a time: the others keep answering from the list they have. Only the very
+first fetch is waited for, by everyone, so every caller gets a real answer once it is in.
+
+When the list cannot be fetched, the last list fetched stays in force, and the fetch is retried after
+`retry_after` seconds rather than on every request. With no list at all, reflector.go's behaviour is
+the default: fail open (nothing is protected). With `fail_closed`, every hash counts as protected until
+a list arrives, so downloads need the edge token (the servers check it). An empty URL protects nothing.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import requests
+
+from appliance.blob import is_valid_hash
+
+log = logging.getLogger("protected")
+
+
+class ProtectedListError(Exception):
+    """The protected list could not be fetched or is not in the expected format."""
+
+
+class ProtectedContent:
+    """is_protected(hash) for the download servers; thread- and gevent-safe."""
+
+    def __init__(self, url: str, fail_closed: bool = False, ttl: float = 120.0, timeout: float = 10.0,
+                 retry_after: float = 10.0):
+        self.url = url
+        self.fail_closed = fail_closed
+        self.ttl = ttl
+        self.timeout = timeout
+        self.retry_after = min(retry_after, ttl)
+        self._hashes: frozenset[str] | None = None  # None: no list fetched yet
+        self._next_refresh = float("-inf")
+        self._attempted = False
+        self._failing = False
+        self._lock = threading.Lock()
+
+    def is_protected(self, hash_: str) -> bool:
+        if not self.url:
+            return False
+        hashes = self._current()
+        if hashes is None:
+            return self.fail_closed
+        return hash_ in hashes
+
+    def _current(self) -> frozenset[str] | None:
+        if time.monotonic() >= self._next_refresh:
+            # Only the first fetch is waited for; later refreshes are skipped by callers that find one
+            # in flight (they answer from the current list).
+            if self._lock.acquire(blocking=not self._attempted):
+                try:
+                    if time.monotonic() >= self._next_refresh:
+                        self._refresh()
+                finally:
+                    self._lock.release()
+        return self._hashes
+
+    def _refresh(self) -> None:
+        try:
+            hashes = self.fetch()
+        except ProtectedListError as exc:
+            self._next_refresh = time.monotonic() + self.retry_after
+            if not self._failing:
+                policy = ("keeping the last list" if self._hashes is not None else
+                          "treating every blob as protected" if self.fail_closed else "treating nothing as protected")
+                log.warning("protected content list %s: %s; %s until it can be fetched", self.url, exc, policy)
+            self._failing = True
+        else:
+            self._hashes = frozenset(hashes)
+            self._next_refresh = time.monotonic() + self.ttl
+            if self._failing:
+                log.info("protected content list %s fetched again (%d sd hashes)", self.url, len(hashes))
+            self._failing = False
+        finally:
+            self._attempted = True
+
+    def fetch(self) -> set[str]:
+        """The protected sd hashes now; ProtectedListError with a one-line reason otherwise."""
+        try:
+            response = requests.get(self.url, timeout=self.timeout, headers={"Accept": "application/json"})
+        except requests.Timeout:
+            raise ProtectedListError(f"i/o timeout after {self.timeout:g}s") from None
+        except requests.RequestException as exc:
+            raise ProtectedListError(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        if response.status_code != 200:
+            raise ProtectedListError(f"unexpected status code {response.status_code}")
+        try:
+            body = response.json()
+        except ValueError:
+            raise ProtectedListError("the answer is not JSON") from None
+        if not isinstance(body, dict):
+            raise ProtectedListError("the answer is not a JSON object")
+        if not body.get("success"):
+            raise ProtectedListError(f"list_protected API call: {body.get('error') or 'success is false'}")
+        entries = body.get("data")
+        if not isinstance(entries, list):
+            raise ProtectedListError("data is not a list")
+        hashes = set()
+        for entry in entries:
+            sd_hash = entry.get("sd_hash") if isinstance(entry, dict) else None
+            sd_hash = sd_hash.lower() if isinstance(sd_hash, str) else sd_hash
+            if not is_valid_hash(sd_hash):
+                raise ProtectedListError(f"invalid entry {str(entry)[:120]!r}: expected an sd_hash of 96 hex chars")
+            hashes.add(sd_hash)
+        return hashes
