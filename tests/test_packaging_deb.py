@@ -313,10 +313,10 @@ def test_service_starts_reloads_and_stops_as_the_unit_runs_it(deb, clone, tmp_pa
     unit = unit_directives()
     clone.run("apt-get", "install", "-y", "--no-install-recommends", str(deb))
     ports = {key: free_port() for key in ("receiver_port", "tcp_peer_port", "http_peer_port", "metrics_port")}
-    # Loopback only and nothing that reaches the internet: no DHT, no blocklist, no protected-content list.
-    # (HTTP/3 is off until its role exists.)
-    settings = {**ports, "listen_address": "127.0.0.1", "workers": 1, "disable_dht": True, "disable_http3": True,
-                "disable_blocklist": True, "protected_content_url": ""}
+    # Loopback only and nothing that reaches the internet: a DHT node without seeds, no blocklist, no
+    # protected-content list. (HTTP/3 is off until its role exists.)
+    settings = {**ports, "listen_address": "127.0.0.1", "workers": 1, "dht_port": free_port(socket.SOCK_DGRAM),
+                "dht_seeds": [], "disable_http3": True, "disable_blocklist": True, "protected_content_url": ""}
     config = clone.path(configfile.SERVICE_CONFIG)
     config.write_text(config.read_text() + "".join(f"{k} = {configfile.toml_value(v)}\n" for k, v in settings.items()))
 
@@ -373,11 +373,12 @@ def test_service_starts_reloads_and_stops_as_the_unit_runs_it(deb, clone, tmp_pa
             status = json.loads(clone.run("/usr/bin/appliancectl", "status", "--json").stdout)
             return sorted(p["role"] for p in status["processes"]) if status["state"] == "ready" else []
 
-        wait_until(lambda: roles() == ["cache-manager", "worker", "worker"], 60, "appliancectl showing 2 workers")
+        wait_until(lambda: roles() == ["cache-manager", "dht", "worker", "worker"], 60,
+                   "appliancectl showing 2 workers")
 
         # KillSignal=SIGTERM: STOPPING=1, every child gone, exit 0 well within TimeoutStopSec.
         children = children_of(proc.pid)
-        assert len(children) >= 3, children  # cache manager and two workers
+        assert len(children) >= 4, children  # cache manager, DHT and two workers
         os.kill(proc.pid, signal.SIGTERM)
         notify.wait_for("STOPPING=1", proc, log)
         assert proc.wait(timeout=float(unit["TimeoutStopSec"][0])) == 0, log.read_text()[-3000:]
