@@ -135,3 +135,21 @@ def test_arguments_are_checked():
         DhtService(node_id="abcd", bind=("127.0.0.1", 0))
     service = DhtService(bind=("0.0.0.0", 0))  # not started: no socket
     assert service.node.external_ip is None and service.node.self_peer() is None
+
+
+def test_pings_are_answered_on_the_udp_twin_of_the_tcp_peer_port(nodes):
+    """SDK downloaders ping UDP <announced TCP port> and skip peers that stay silent there."""
+    client = nodes()
+    peer_port = free_udp_port()
+    service = DhtService(bind=("127.0.0.1", 0), peer_port=peer_port, rpc_timeout=1.0, answer_on_peer_port=True)
+    plain = DhtService(bind=("127.0.0.1", 0), peer_port=free_udp_port(), rpc_timeout=1.0)
+    service.start()
+    plain.start()
+    try:
+        assert client.ping(("127.0.0.1", peer_port)) == service.node_id
+        assert client.ping(("127.0.0.1", service.port)) == service.node_id
+        with pytest.raises(RpcTimeout):
+            client.ping(("127.0.0.1", plain.node.peer_port), timeout=0.3)
+    finally:
+        service.stop()
+        plain.stop()

@@ -105,6 +105,7 @@ class Node:
         self._token_cache: OrderedDict[tuple[str, int], tuple[bytes, float]] = OrderedDict()
         self._stopping = threading.Event()
         self._maintenance: threading.Thread | None = None
+        self._also: list[RpcSocket] = []
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -114,9 +115,24 @@ class Node:
         self._maintenance = threading.Thread(target=self._maintain, name=f"dht-maint-{self.port}", daemon=True)
         self._maintenance.start()
 
+    def listen_also(self, port: int) -> int:
+        """Answer DHT requests on a second UDP port of the same address too (OSError if taken); returns it.
+
+        SDK downloaders ping a peer found in the DHT at UDP port = its announced TCP port (or 4444 + n for
+        TCP 3333 + n) before they connect, and skip peers that do not answer: a node announcing TCP port P
+        must answer there.
+        """
+        extra = RpcSocket(self.node_id, (self.rpc.bind[0], port), self._on_request, rpc_timeout=self.rpc.rpc_timeout,
+                          max_pending=1, clock=self.clock)
+        extra.start()
+        self._also.append(extra)
+        return extra.port
+
     def stop(self) -> None:
         self._stopping.set()
         self.rpc.stop()
+        for extra in self._also:
+            extra.stop()
         if self._maintenance is not None and self._maintenance is not threading.current_thread():
             self._maintenance.join(timeout=5)
 

@@ -107,7 +107,8 @@ class DhtService:
                  seeds: Iterable[str | tuple[str, int]] = (), peer_port: int = 3333,
                  external_ip: str | None = None, *, rpc_timeout: float = 5.0, address_policy: str = "any",
                  announce_rate: float = ANNOUNCE_RATE, reannounce_interval: float = REANNOUNCE_INTERVAL,
-                 join_retry: tuple[float, float] = (JOIN_RETRY_MIN, JOIN_RETRY_MAX), **node_options):
+                 join_retry: tuple[float, float] = (JOIN_RETRY_MIN, JOIN_RETRY_MAX), answer_on_peer_port: bool = False,
+                 **node_options):
         if not 0 < peer_port < 65536:
             raise ValueError(f"invalid TCP peer port {peer_port}: the DHT must announce a real port")
         if external_ip and not addresses.usable(external_ip, peer_port):
@@ -119,6 +120,7 @@ class DhtService:
                          rpc_timeout=rpc_timeout, address_policy=address_policy, **node_options)
         self.announcer = Announcer(self.node, rate=announce_rate, reannounce_interval=reannounce_interval)
         self.join_retry = join_retry
+        self.answer_on_peer_port = answer_on_peer_port
         self._joined = threading.Event()
         self._stopping = threading.Event()
         self._joiner: threading.Thread | None = None
@@ -137,11 +139,22 @@ class DhtService:
         False (then the caller joins with join_once())."""
         self.node.start()
         self._started = True
+        if self.answer_on_peer_port:
+            self._listen_on_peer_port()
         self.announcer.start()
         if join:
             self._joiner = threading.Thread(target=self._join_loop, name="dht-join", daemon=True)
             self._joiner.start()
         log.info("DHT node %s on UDP %s:%d", self.node_id.hex(), self.node.rpc.bind[0], self.port)
+
+    def _listen_on_peer_port(self) -> None:
+        """SDK downloaders ping UDP <our TCP peer port> before they download from us (see Node.listen_also)."""
+        port = self.node.peer_port
+        try:
+            self.node.listen_also(port)
+        except OSError as exc:
+            log.warning("cannot answer DHT pings on UDP %s:%d (%s): LBRY SDK clients may not download from us",
+                        self.node.rpc.bind[0], port, exc.strerror or exc)
 
     def stop(self) -> None:
         self._stopping.set()
