@@ -7,6 +7,7 @@ namespace; commands run chrooted into it. dpkg and apt see a real Debian 12 with
 change lands in the upper layer, where the purge test looks for anything left behind. Nothing reaches the
 real / and nothing of it is shared between tests.
 """
+import ctypes
 import hashlib
 import json
 import os
@@ -337,16 +338,22 @@ def test_service_starts_reloads_and_stops_as_the_unit_runs_it(deb, clone, tmp_pa
     sandbox = ["setpriv", f"--reuid={unit['User'][0]}", f"--regid={unit['Group'][0]}", "--init-groups",
                "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all"]
     umask = ["sh", "-c", f'umask {unit["UMask"][0]}; exec "$@"', "sh"]
+    # MemoryDenyWriteExecute=yes, through the kernel's PR_SET_MDWE (Linux >= 6.3; inherited by every child).
+    assert unit["MemoryDenyWriteExecute"] == ["yes"]
+    mdwe = ["/usr/bin/python3", "-c", "import ctypes, os, sys; r = ctypes.CDLL(None).prctl(65, 1, 0, 0, 0); "
+            "print('PR_SET_MDWE:', r, file=sys.stderr, flush=True); os.execv(sys.argv[1], sys.argv[1:])"]
     log = tmp_path / "service.log"
     with log.open("w") as out:
         proc = subprocess.Popen(["nsenter", f"--target={clone.holder.pid}", "--mount", "chroot", str(clone.merged),
-                                 *sandbox, "env", "-i", *env, *umask, *unit["ExecStart"][0].split()],
+                                 *sandbox, "env", "-i", *env, *umask, *mdwe, *unit["ExecStart"][0].split()],
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
         started = notify.wait_for("READY=1", proc, log)
         assert any(line.startswith("STATUS=") for m in started for line in m.splitlines())
         assert workers_in_metrics(ports["metrics_port"]) == 1
         assert (runtime / "control.sock").exists() and (runtime / "prom").is_dir()
+        if ctypes.CDLL(None).prctl(66, 0, 0, 0, 0) >= 0:  # PR_GET_MDWE: this kernel has MDWE
+            assert log.read_text().startswith("PR_SET_MDWE: 0\n")  # so all of the above ran without W+X memory
 
         # appliancectl with no arguments finds the service through the installed config.
         status = clone.run("/usr/bin/appliancectl", "status").stdout
