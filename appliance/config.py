@@ -113,6 +113,18 @@ SETTINGS: list[Setting] = [
     S("dht_announce_all", "bool", False, "announce every stored blob, not only sd blobs", "dht"),
     S("dht_address_policy", "str", "any", "DHT contacts and peers accepted: 'any' unicast IPv4 (loopback and "
       "private included), or 'public' (routable, port >= 1024, as stock SDK nodes)", "dht", choices=("any", "public")),
+    # --- cluster (prism start; the DHT process runs it) ----------------------------------------------
+    S("cluster", "bool", False, "join the cluster of the nodes sharing db_conn and announce only this node's share "
+      "of the stored hashes (prism start turns it on)", "dht"),
+    S("cluster_name", "str", "prism", "cluster name: the nodes sharing the database and this name divide the hashes",
+      "dht"),
+    S("node_name", "str", "", "this node's name in the cluster; empty = 12 random base58 characters at each start",
+      "dht"),
+    S("cluster_heartbeat", "float", 2.0, "seconds between cluster heartbeats; a member is dead after 3 missed", "dht"),
+    S("cluster_rescan", "float", 600.0, "seconds between re-reads of this node's share from the database (new "
+      "blobs); 0 = only when the membership changes", "dht"),
+    S("hash_range", "str", "", "START-END hex prefixes (0-7f = hashes starting 00 to 7f) the cluster announces, "
+      "divided among the members; empty = the database's lowest to highest hash", "dht"),
     # --- blocklist and protected content -------------------------------------------------------------
     S("blocklist_source", "str", "lbry",
       "'lbry' (LBRY's outpoint list + wallet servers), an http(s) URL or a file of sd hashes", "blocklist"),
