@@ -9,10 +9,14 @@ from __future__ import annotations
 import logging
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.utils import floatToGoString
+# prometheus_client opens its files at import when this is set: make sure the directory exists.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
-from appliance.errors import classify
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram  # noqa: E402
+from prometheus_client.utils import floatToGoString  # noqa: E402
+
+from appliance.errors import classify  # noqa: E402
 
 log = logging.getLogger("metrics")
 NS = "reflector"

@@ -172,9 +172,16 @@ class Supervisor:
 
     def _prepare_metrics_dir(self) -> None:
         directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(self.runtime_dir, "prom")
-        if os.path.isdir(directory):
-            shutil.rmtree(directory)  # counters of a previous run must not add up with ours
-        os.makedirs(directory)
+        os.makedirs(directory, exist_ok=True)
+        own = f"_{os.getpid()}.db"
+        for name in os.listdir(directory):  # counters of a previous run must not add up with ours
+            path = os.path.join(directory, name)
+            if name.endswith(own):
+                continue  # files this process opened at import stay
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
         metrics.enable_multiprocess(directory)
 
     def _open_worker_sockets(self, index: int) -> None:
