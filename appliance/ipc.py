@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import socket
 import threading
 import time
@@ -92,7 +93,8 @@ class IpcClient:
         self.path = path
         self.name = name
         self.timeout = timeout
-        self.retry_after = retry_after  # after a failed connect, fail fast for this long
+        self.retry_after = retry_after  # after a failed connect, fail fast for this long...
+        self._failed_socket: tuple[int, int, int] | None = None  # ...unless the socket file is a new one by now
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()  # guards connect and sendall
         self._pending: dict[int, _Pending] = {}
@@ -104,7 +106,7 @@ class IpcClient:
     def _connect_locked(self) -> socket.socket:
         if self._sock is not None:
             return self._sock
-        if time.monotonic() - self._last_failure < self.retry_after:
+        if time.monotonic() - self._last_failure < self.retry_after and self._socket_id() == self._failed_socket:
             raise IpcUnavailable(f"{self.name} unavailable (recent connection failure)")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
@@ -113,6 +115,7 @@ class IpcClient:
         except OSError as exc:
             sock.close()
             self._last_failure = time.monotonic()
+            self._failed_socket = self._socket_id()
             raise IpcUnavailable(f"{self.name} unavailable at {self.path}: {exc.strerror or exc}") from None
         sock.settimeout(None)  # the reader blocks; callers time out on their own events
         self._sock = sock
@@ -120,6 +123,14 @@ class IpcClient:
         threading.Thread(target=self._read_loop, args=(sock, self._generation), name=f"ipc-{self.name}",
                          daemon=True).start()
         return sock
+
+    def _socket_id(self) -> tuple[int, int, int] | None:
+        """Identity of the socket file: a restarted peer binds a new one, which is worth trying at once."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino, st.st_ctime_ns  # ctime too: a new file often gets the freed inode number
 
     def _read_loop(self, sock: socket.socket, generation: int) -> None:
         decoder = Decoder()
