@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -37,9 +38,17 @@ def _require_mariadb() -> None:
 
 
 @pytest.fixture(scope="session")
-def mariadb():
+def mariadb_template():
+    """An initialised data directory that instances copy (mariadb-install-db runs once per session)."""
     _require_mariadb()
-    instance = mariadb_server.MariaDB()
+    template = mariadb_server.make_template()
+    yield template
+    shutil.rmtree(template, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mariadb(mariadb_template):
+    instance = mariadb_server.MariaDB(mariadb_template)
     try:
         instance.start()
         instance.create_user()
@@ -63,9 +72,8 @@ def mysql_empty_db(mariadb):
 
 
 @pytest.fixture
-def private_mariadb():
-    _require_mariadb()
-    instance = mariadb_server.MariaDB()
+def private_mariadb(mariadb_template):
+    instance = mariadb_server.MariaDB(mariadb_template)
     try:
         instance.start()
         instance.create_user()

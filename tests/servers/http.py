@@ -1,6 +1,7 @@
 """A real local HTTP server whose answers a test scripts: status, body, a hang, a request log."""
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,6 +13,15 @@ class Route:
     body: bytes = b""
     hang: float = 0.0  # seconds to wait before answering (a server that hangs)
     content_type: str = "application/json"
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        # A client that gave up (a timeout test) breaks the pipe; that is the point, not an error.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class ScriptedHTTPServer:
@@ -47,8 +57,7 @@ class ScriptedHTTPServer:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()

@@ -22,6 +22,7 @@ from appliance.db import schema_statements
 from tests.servers.ports import free_port, wait_until
 
 USER, PASSWORD = "appliance", "appliance-test"
+INNODB_FILES = ["--innodb-log-file-size=16M"]  # small files: quick to copy; the same at every start
 _names = itertools.count(1)
 
 
@@ -65,37 +66,60 @@ class TestDatabase:
             conn.close()
 
 
+def _private_dir(prefix: str) -> Path:
+    """A new directory under /tmp that the server's user owns (or at least can enter)."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    if os.geteuid() == 0:
+        mysql = pwd.getpwnam("mysql")
+        os.chown(base, mysql.pw_uid, mysql.pw_gid)
+    base.chmod(0o755)
+    return base
+
+
+def _user_args() -> list[str]:
+    return ["--user=mysql"] if os.geteuid() == 0 else []
+
+
+def make_template() -> Path:
+    """A freshly initialised data directory (`<returned dir>/data`) to copy: 0.2 s instead of 2 s per instance."""
+    found = binaries()
+    if found is None:
+        raise RuntimeError("mariadb-install-db / mariadbd not found (apt-get install mariadb-server)")
+    base = _private_dir("appliance-mariadb-template-")
+    result = subprocess.run(
+        [found[0], "--no-defaults", *_user_args(), f"--datadir={base / 'data'}", *INNODB_FILES,
+         "--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve"],
+        capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        shutil.rmtree(base, ignore_errors=True)
+        raise RuntimeError(f"mariadb-install-db failed: {result.stderr.strip()[-500:]}")
+    return base
+
+
 class MariaDB:
     """Start, stop, restart a private mariadbd; create and drop databases on it."""
 
-    def __init__(self) -> None:
+    def __init__(self, template: Path | None = None) -> None:
         found = binaries()
         if found is None:
             raise RuntimeError("mariadb-install-db / mariadbd not found (apt-get install mariadb-server)")
-        self.install_db, self.mariadbd = found
-        self.base = Path(tempfile.mkdtemp(prefix="appliance-mariadb-", dir="/tmp"))
+        self.mariadbd = found[1]
+        self.template = template
+        self.base = _private_dir("appliance-mariadb-")
         self.datadir = self.base / "data"
         self.socket = self.base / "mysqld.sock"
         self.port = 0
         self.process: subprocess.Popen | None = None
-        self._as_root = os.geteuid() == 0
         self._initialised = False
 
     # --- lifecycle ------------------------------------------------------------------------------------
-    def _user_args(self) -> list[str]:
-        return ["--user=mysql"] if self._as_root else []
-
     def _initialise(self) -> None:
-        if self._as_root:
-            mysql = pwd.getpwnam("mysql")
-            os.chown(self.base, mysql.pw_uid, mysql.pw_gid)
-        self.base.chmod(0o755)
-        result = subprocess.run(
-            [self.install_db, "--no-defaults", *self._user_args(), f"--datadir={self.datadir}",
-             "--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve"],
-            capture_output=True, text=True, timeout=120)
-        if result.returncode != 0:
-            raise RuntimeError(f"mariadb-install-db failed: {result.stderr.strip()[-500:]}")
+        template = self.template or make_template()
+        try:
+            subprocess.run(["cp", "-a", str(template / "data"), str(self.datadir)], check=True, timeout=60)
+        finally:
+            if self.template is None:
+                shutil.rmtree(template, ignore_errors=True)
         self._initialised = True
 
     def start(self) -> None:
@@ -107,7 +131,7 @@ class MariaDB:
                 self.port = free_port()
             log = open(self.base / "mariadbd.log", "ab")
             self.process = subprocess.Popen(
-                [self.mariadbd, "--no-defaults", *self._user_args(), f"--datadir={self.datadir}",
+                [self.mariadbd, "--no-defaults", *_user_args(), f"--datadir={self.datadir}", *INNODB_FILES,
                  f"--socket={self.socket}", f"--pid-file={self.base / 'mysqld.pid'}", f"--port={self.port}",
                  "--bind-address=127.0.0.1", "--skip-name-resolve", "--skip-log-bin",
                  "--innodb-buffer-pool-size=64M", "--innodb-flush-log-at-trx-commit=2",
