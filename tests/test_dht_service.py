@@ -9,6 +9,7 @@ import pytest
 
 from appliance.blob import InvalidBlobHash
 from appliance.dht.announcer import store_on
+from appliance.dht.messages import Peer
 from appliance.dht.node import Node
 from appliance.dht.protocol import RpcTimeout
 from appliance.dht.routing import Contact
@@ -153,3 +154,18 @@ def test_pings_are_answered_on_the_udp_twin_of_the_tcp_peer_port(nodes):
     finally:
         service.stop()
         plain.stop()
+
+
+def test_maintenance_rotates_tokens_expires_peers_and_refreshes_buckets(nodes):
+    other = nodes()
+    node = nodes(token_interval=0, peer_ttl=0, refresh_interval=0)
+    assert node.ping(("127.0.0.1", other.port)) == other.node_id
+    token = node.tokens.make("127.0.0.1")
+    node.peers.add(b"k" * 48, Peer("127.0.0.1", 3333, other.node_id))
+    sent = node.rpc.stats["sent"]
+    node.maintain_once()
+    assert node.tokens.verify(token, "127.0.0.1")  # rotated once: the previous secret still counts
+    assert len(node.peers) == 0  # ttl 0: expired
+    assert node.rpc.stats["sent"] > sent  # a lookup refreshed the stale bucket
+    node.maintain_once()
+    assert not node.tokens.verify(token, "127.0.0.1")

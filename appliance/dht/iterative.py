@@ -99,10 +99,7 @@ class _Lookup:
             for call in [c for c in self.inflight if c.deadline <= self.node.clock()]:
                 self.node.rpc.expire(call)
             return
-        entry = self.inflight.pop(call, None)
-        if entry is None:
-            return  # a call we stopped waiting for
-        contact, page = entry
+        contact, page = self.inflight.pop(call)  # every call completes exactly once
         if call.error is not None:
             self.failed.add(contact.node_id)
             return
