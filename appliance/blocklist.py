@@ -32,6 +32,7 @@ import requests
 from appliance.blob import is_valid_hash
 from appliance.db import Database, DatabaseError
 from appliance.errors import BlobNotFound
+from appliance.protected import describe_request_error
 from appliance.stores.base import BlobStore
 from appliance.stream import InvalidStreamDescriptor, parse_sd_blob
 
@@ -92,7 +93,7 @@ class UrlListSource:
         except requests.Timeout:
             raise BlocklistError(f"blocklist {self.url}: i/o timeout after {self.timeout:g}s") from None
         except requests.RequestException as exc:
-            raise BlocklistError(f"blocklist {self.url}: {type(exc).__name__}: {str(exc)[:200]}") from None
+            raise BlocklistError(f"blocklist {self.url}: {describe_request_error(exc)}") from None
         if response.status_code != 200:
             raise BlocklistError(f"blocklist {self.url}: unexpected status code {response.status_code}")
         return parse_hash_list(response.text, self.url)

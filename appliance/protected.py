@@ -89,7 +89,7 @@ class ProtectedContent:
         except requests.Timeout:
             raise ProtectedListError(f"i/o timeout after {self.timeout:g}s") from None
         except requests.RequestException as exc:
-            raise ProtectedListError(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+            raise ProtectedListError(describe_request_error(exc)) from None
         if response.status_code != 200:
             raise ProtectedListError(f"unexpected status code {response.status_code}")
         try:
@@ -111,3 +111,12 @@ class ProtectedContent:
                 raise ProtectedListError(f"invalid entry {str(entry)[:120]!r}: expected an sd_hash of 96 hex chars")
             hashes.add(sd_hash)
         return hashes
+
+
+def describe_request_error(exc: BaseException) -> str:
+    """`ConnectionError: <innermost cause>`: the root of a requests/urllib3 chain, one short line."""
+    inner = exc
+    while (inner.__cause__ or inner.__context__) not in (None, inner):
+        inner = inner.__cause__ or inner.__context__
+    text = str(inner).splitlines()[0] if str(inner) else type(inner).__name__
+    return f"{type(exc).__name__}: {text[:200]}"

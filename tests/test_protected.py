@@ -6,6 +6,7 @@ import pytest
 
 from appliance.protected import ProtectedContent, ProtectedListError
 from tests.servers.http import Route
+from tests.servers.ports import free_port
 
 A, B, C = "a" * 96, "b" * 96, "c" * 96
 PATH = "/file/list_protected"
@@ -77,3 +78,9 @@ def test_garbage_is_an_error_and_the_last_good_list_stays(http_server, route, re
     assert not ProtectedContent(http_server.url(PATH)).is_protected(A)  # never had a list: fail open
     http_server.routes[PATH] = Route(200, listing(C))
     assert protected.is_protected(C) and not protected.is_protected(A)  # recovered
+
+
+def test_unreachable_list_is_a_one_line_error():
+    with pytest.raises(ProtectedListError, match="Connection refused") as info:
+        ProtectedContent(f"http://127.0.0.1:{free_port()}/list").fetch()
+    assert "\n" not in str(info.value)
