@@ -19,10 +19,10 @@ def upload(app, stream):
 
 
 def test_uploads_recorded_in_mysql_stored_in_s3_and_surviving_a_mysql_outage(
-        appliance, private_mariadb, s3_bucket, tmp_path):
+        appliance, private_mariadb, s3_any, tmp_path):
     db = private_mariadb.test_db
     conf = tmp_path / "config.json"
-    conf.write_text(json.dumps({**s3_bucket.config_values(), "db_conn": db.dsn,  # reflector.go's keys
+    conf.write_text(json.dumps({**s3_any.config_values(), "db_conn": db.dsn,  # reflector.go's keys
                                 "protected_content_url": ""}))  # tests reach nothing beyond 127.0.0.1
     app = appliance("--conf", str(conf), "--workers", "1")
     pid = app.proc.pid
@@ -30,7 +30,7 @@ def test_uploads_recorded_in_mysql_stored_in_s3_and_surviving_a_mysql_outage(
     first = make_stream(4, blob_size=64 * 1024)
     stats = upload(app, first)
     assert stats.sd_sent and stats.blobs_sent == 4
-    assert s3_bucket.keys() == {first.sd_hash, *first.blobs}
+    assert s3_any.keys() == {first.sd_hash, *first.blobs}
     rows = {h: (stored, length) for h, stored, length in db.query("SELECT hash, is_stored, length FROM blob_")}
     assert rows == {first.sd_hash: (1, len(first.sd_blob)), **{h: (1, 64 * 1024) for h in first.blobs}}
     assert db.query("SELECT s.hash, b.hash FROM stream s JOIN blob_ b ON b.id = s.sd_blob_id") == \
@@ -58,6 +58,6 @@ def test_uploads_recorded_in_mysql_stored_in_s3_and_surviving_a_mysql_outage(
     stats = upload(app, second)
     assert stats.sd_sent
     assert db.query("SELECT COUNT(*) FROM stream") == [(2,)]
-    assert {second.sd_hash, *second.blobs} <= s3_bucket.keys()
+    assert {second.sd_hash, *second.blobs} <= s3_any.keys()
     assert app.proc.pid == pid and app.proc.poll() is None  # the same appliance, never restarted
     assert app.stop() == 0
