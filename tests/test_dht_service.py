@@ -169,3 +169,16 @@ def test_maintenance_rotates_tokens_expires_peers_and_refreshes_buckets(nodes):
     assert node.rpc.stats["sent"] > sent  # a lookup refreshed the stale bucket
     node.maintain_once()
     assert not node.tokens.verify(token, "127.0.0.1")
+
+
+def test_stop_does_not_wait_for_outstanding_rpcs():
+    silent = free_udp_port()  # nothing answers there
+    service = DhtService(bind=("127.0.0.1", 0), rpc_timeout=60.0, peer_port=3333)
+    service.start()
+    service.node.routing.add(os.urandom(48), "127.0.0.1", silent)
+    service.announce([os.urandom(48).hex()])
+    wait_for(lambda: service.node.rpc.pending_count() > 0)  # the announce waits on the silent contact
+    started = time.monotonic()
+    service.stop()
+    assert time.monotonic() - started < 5  # not the 60 s RPC timeout, nor a 10 s thread-join timeout
+    assert service.node.rpc.pending_count() == 0

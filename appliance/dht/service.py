@@ -157,10 +157,12 @@ class DhtService:
                         self.node.rpc.bind[0], port, exc.strerror or exc)
 
     def stop(self) -> None:
+        """Stop the node first: its outstanding RPCs fail at once, so announces and joins end without
+        waiting for their timeouts."""
         self._stopping.set()
-        self.announcer.stop()
         if self._started:
             self.node.stop()
+        self.announcer.stop()
         if self._joiner is not None:
             self._joiner.join(timeout=10)
 
