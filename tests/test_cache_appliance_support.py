@@ -17,7 +17,6 @@ HTTP_DOWNLOADS = "reflector_http_blob_download_total"
 PEER_DOWNLOADS = "reflector_peer_download_total"
 ALL_DOWNLOADS = "reflector_blob_download_total"
 DISK_HITS = 'reflector_cache_hit_total{cache_type="disk",component="reflector"}'
-INDEX_FILES = ("index.sqlite3", "index.sqlite3-wal", "index.sqlite3-shm")
 
 
 def upstream_flags(upstream: Appliance, protocol: str, cache_dir: Path, size: str = "200MB",
@@ -86,7 +85,7 @@ def blob_bytes_on_disk(cache_dir: Path) -> int:
     total = 0
     tmp = cache_dir / "tmp"
     for entry in os.scandir(cache_dir):
-        if entry.name in INDEX_FILES or entry.name == "tmp" or not entry.is_dir():
+        if len(entry.name) != 2 or not entry.is_dir():  # prefix directories only (not the index, not tmp/)
             continue
         total += _sizes(entry.path)
     if tmp.is_dir():

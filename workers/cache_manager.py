@@ -4,11 +4,15 @@ Protocol (msgpack-rpc on <runtime_dir>/cache.sock, see appliance/ipc.py):
   request  fetch(hash)              -> "lease" | "ready" | "notfound" | "error:<message>"
            The first asker of a cold hash gets "lease" and must answer done/failed; the others wait
            for that outcome. A leaseholder that disconnects hands the lease to the next waiter.
-  request  done([hash, size])       the leaseholder wrote the blob into every disk cache
+  request  reserve([hash, size])    -> [bool per disk cache]: the leaseholder has the blob; room is made
+           (other blobs evicted) before it writes, so a cache never holds more than its size however
+           many misses are written at once; it writes the blob into the caches marked true
+  request  done([hash, size])       the leaseholder wrote the blob into the disk caches
   request  failed([hash, kind, msg])  kind "notfound" (remembered in the negative cache) or "error"
   request  status()                 the cache section of `appliancectl status`
   notify   added([hash, size])      an upload was written through into the disk caches
-  notify   accessed([hash, ...])    batched cache hits (recency / frequency)
+  notify   accessed([[hash, uses], ...])  batched cache hits (recency / frequency)
+A lease that ends without `done` forgets whatever was reserved for a file that was not written.
 Workers read cached files directly; this process only decides what stays. SQLite calls block this
 process's hub, which is why the index lives here and not in the workers.
 """
@@ -63,8 +67,16 @@ class Layer:
         except CacheIndexError as exc:
             raise BootError(str(exc)) from None
 
-    def add(self, hash_: str, size: int) -> None:
-        self.evict(self.index.add(hash_, size))
+    def add(self, hash_: str, size: int) -> bool:
+        """Index a blob (evicting others to make room); False when it was refused (it does not fit)."""
+        evicted = self.index.add(hash_, size)
+        self.evict(evicted)
+        return hash_ not in evicted
+
+    def forget_missing(self, hash_: str) -> None:
+        """Drop the entry of a blob whose file is not there (a reservation that was never written)."""
+        if hash_ in self.index and not os.path.exists(blob_path(self.root, hash_)):
+            self.index.forget(hash_)
 
     def evict(self, hashes: list[str]) -> None:
         for hash_ in hashes:
@@ -139,12 +151,18 @@ class CacheManager:
         self.in_flight.dec()
         for layer in self.layers:
             layer.index.unpin(hash_)
+            if outcome != "ready":
+                layer.forget_missing(hash_)
         flight.outcome = outcome
         flight.done.set()
 
+    def reserve(self, conn: int, hash_: str, size: int) -> list[bool]:
+        flight = self.flights.get(hash_)
+        if flight is None or flight.holder != conn:  # not this connection's lease (any more): write nothing
+            return [False] * len(self.layers)
+        return [layer.add(hash_, size) for layer in self.layers]
+
     def done(self, conn: int, hash_: str, size: int) -> None:
-        for layer in self.layers:
-            layer.add(hash_, size)
         self.finish(conn, hash_, "ready")
 
     def failed(self, conn: int, hash_: str, kind: str, message: str) -> None:
@@ -170,10 +188,11 @@ class CacheManager:
         for layer in self.layers:
             layer.add(hash_, size)
 
-    def accessed(self, hashes: list[str]) -> None:
-        self.hits += len(hashes)
+    def accessed(self, counts: list) -> None:
+        uses = [hash_ for hash_, n in counts for _ in range(int(n))]  # every read is a use (lfu counts them)
+        self.hits += len(uses)
         for layer in self.layers:
-            layer.index.touch(*hashes)
+            layer.index.touch(*uses)
 
     def status(self) -> dict:
         total = self.hits + self.misses
@@ -208,6 +227,8 @@ def main(ctx: ChildContext) -> int:
         def on_request(method: str, params):
             if method == "fetch":
                 return manager.fetch(conn, params)
+            if method == "reserve":
+                return manager.reserve(conn, params[0], int(params[1]))
             if method == "done":
                 return manager.done(conn, params[0], int(params[1]))
             if method == "failed":

@@ -1,11 +1,13 @@
 """The store a worker serves from: local tiers read directly, misses coordinated by the cache manager.
 
 Read (DESIGN §2): memory cache -> disk caches -> local storage, each a direct file open (no IPC on the
-hot path; hits are reported to the manager in batches, fire-and-forget). A miss asks the manager
-`fetch`: it answers `lease` to exactly one worker per cold blob across the appliance (that worker
-fetches from the origin, verifies the SHA-384, writes the blob into the disk caches atomically and
-reports `done`), `ready` to the others once the blob is on disk, or `notfound` from its negative cache.
-So there is one origin request per cold blob, and cold traffic still uses every core.
+hot path; hits are reported to the manager in batches, fire-and-forget, with their counts). A miss asks
+the manager `fetch`: it answers `lease` to exactly one worker per cold blob across the appliance (that
+worker fetches from the origin, verifies the SHA-384, `reserve`s its size - the manager evicts to make
+room first, so concurrent misses never push a cache over its size - writes the blob into the disk caches
+atomically and reports `done`), `ready` to the others once the blob is on disk, or `notfound` from its
+negative cache. So there is one origin request per cold blob, and cold traffic still uses every core.
+With --mem-cache, whatever a worker serves from a lower tier is kept in its memory tier.
 
 When the manager is unreachable the worker keeps serving: hits as always, misses fetched directly
 (single flight within the process only) and not cached.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 
 from appliance import ipc, metrics
 from appliance.blob import blob_hash, check_hash
@@ -37,7 +40,7 @@ class CacheManagerClient:
 
     def __init__(self, path: str):
         self.ipc = ipc.IpcClient(path, name="cache manager", timeout=5.0)
-        self._accessed: set[str] = set()
+        self._accessed: Counter[str] = Counter()
         self._lock = threading.Lock()
 
     def fetch(self, hash_: str) -> str:
@@ -51,6 +54,10 @@ class CacheManagerClient:
         metrics.IPC_LATENCY.labels(peer="cache-manager").observe(time.monotonic() - started)
         return answer
 
+    def reserve(self, hash_: str, size: int) -> list[bool]:
+        """Make room for a leased blob before it is written; per disk cache, whether to write it there."""
+        return self.ipc.call("reserve", [hash_, size])
+
     def done(self, hash_: str, size: int) -> None:
         self.ipc.call("done", [hash_, size])
 
@@ -62,14 +69,17 @@ class CacheManagerClient:
 
     def accessed(self, hash_: str) -> None:
         with self._lock:
-            self._accessed.add(hash_)
+            self._accessed[hash_] += 1
 
     def flush_accesses(self) -> None:
-        """Send the batched hit reports (called every REPORT_INTERVAL by the worker's housekeeping)."""
+        """Send the batched hit reports, [hash, uses] pairs (called every REPORT_INTERVAL by housekeeping).
+
+        Uses are counted, not deduplicated: lfu ranks blobs by how often they are read.
+        """
         with self._lock:
             if not self._accessed:
                 return
-            batch, self._accessed = list(self._accessed), set()
+            batch, self._accessed = [[h, n] for h, n in self._accessed.items()], Counter()
         try:
             self.ipc.notify("accessed", batch)
         except ipc.IpcUnavailable:
@@ -95,11 +105,19 @@ class TieredStore(BlobStore):
 
     # -- reads --------------------------------------------------------------------------------------
     def _local_get(self, hash_: str) -> Blob | None:
-        if self.mem is not None:
-            try:
-                return self.mem.get(hash_)
-            except BlobNotFound:
-                pass
+        if self.mem is None:
+            return self._disk_get(hash_)
+        try:
+            return self.mem.get(hash_)
+        except BlobNotFound:
+            pass
+        blob = self._disk_get(hash_)
+        if blob is None:
+            return None
+        with blob:  # a lower tier's hit is kept in memory, as reflector.go's caching layers do
+            return self._remember(Blob(hash_, data=blob.data, trace=blob.trace))
+
+    def _disk_get(self, hash_: str) -> Blob | None:
         for i, cache in enumerate(self.caches):
             try:
                 blob = cache.get(hash_)
@@ -159,8 +177,15 @@ class TieredStore(BlobStore):
             self._report(self.manager.failed, hash_, "error", "origin sent data that does not match its hash")
             raise OriginError(f"origin sent data for {hash_[:8]} that does not match its hash")
         try:
-            for cache in self.caches:
-                cache.put(hash_, data)
+            room = self.manager.reserve(hash_, len(data))
+        except (ipc.IpcError, TimeoutError) as exc:  # no room was made: serve it without caching it
+            log.warning("cache manager did not reserve room for %s: %s", hash_[:8], exc)
+            self._report(self.manager.failed, hash_, "error", f"no room reserved: {exc}")
+            return self._remember(Blob(hash_, data=data, trace=trace))
+        try:
+            for cache, keep in zip(self.caches, room, strict=True):
+                if keep:
+                    cache.put(hash_, data)
         except OSError as exc:  # a full or broken cache disk: serve from memory, keep the manager honest
             log.error("cannot write %s into the disk cache: %s", hash_[:8], exc)
             self._report(self.manager.failed, hash_, "error", f"cache write failed: {exc}")
