@@ -8,6 +8,11 @@ It learns what to announce from three places:
 - `announce` notifications from the workers when an upload stores an sd blob (or any blob with
   --dht-announce-all), over msgpack IPC on <runtime_dir>/dht.sock.
 The node id is kept in <state_dir>/dht/node_id so the appliance keeps its place in the DHT.
+
+In cluster mode (`cluster = true`, which `prism start` sets) the database is the only source instead:
+the process joins the cluster of the nodes sharing db_conn (appliance/cluster.py), announces this node's
+share of the stored hashes, withdraws what it no longer owns, and announces a worker's notification only
+when the hash falls in that share. There is no announce list and no storage scan.
 """
 from __future__ import annotations
 
@@ -116,6 +121,19 @@ def scan_storage(root: str, announce_all: bool, found) -> int:
     return total
 
 
+def _cluster_node(config, service, peer_port: int):
+    """The cluster membership and share keeper for this config (BootError for unusable settings)."""
+    from appliance.cluster import ClusterNode, ClusterSettings
+    from appliance.db import Database
+
+    try:
+        settings = ClusterSettings.from_config(config)
+    except ValueError as exc:
+        raise BootError(f"cluster: {exc}") from None
+    address = f"{config.dht_external_ip or config.listen_address or socket.gethostname()}:{peer_port}"
+    return ClusterNode(settings, Database(settings.dsn), service.announce, service.withdraw, address)
+
+
 def main(ctx: ChildContext) -> int:
     from appliance.dht.service import DhtService
     from appliance.stores.compose import origin_kind
@@ -127,24 +145,41 @@ def main(ctx: ChildContext) -> int:
     try:
         service = DhtService(_node_id(config, state), (config.listen_address or "0.0.0.0", config.dht_port),
                              seeds=config.dht_seeds, peer_port=peer_port,
-                             external_ip=config.dht_external_ip or None)
+                             external_ip=config.dht_external_ip or None,
+                             address_policy=config.dht_address_policy,
+                             # SDK downloaders ping a peer on UDP <its TCP peer port> before using it
+                             answer_on_peer_port=True)
     except ValueError as exc:
         raise BootError(f"DHT: {exc}") from None
+    cluster = _cluster_node(config, service, peer_port) if config.cluster else None
     try:
         service.start()
     except OSError as exc:
         raise BootError(f"DHT: cannot bind UDP port {config.dht_port}: {exc.strerror or exc}") from None
-    announce_list = AnnounceList(os.path.join(state, "announce.txt"))
+    announce_list = scanner = None
+    if cluster is not None:
+        from appliance.cluster import NameInUse
 
-    def announce(hashes: list[str]) -> None:
-        new = announce_list.add(hashes)
-        if new:
-            service.announce(new)
+        try:
+            cluster.start()
+        except NameInUse as exc:
+            service.stop()
+            raise BootError(f"cluster: {exc}") from None
 
-    service.announce(sorted(announce_list.hashes))
-    scanner = None
-    if not announce_list.existed and origin_kind(config) == "local":
-        scanner = gevent.spawn(scan_storage, os.path.abspath(config.storage_dir), config.dht_announce_all, announce)
+        def announce(hashes: list[str]) -> None:
+            cluster.offer(hashes)
+    else:
+        announce_list = AnnounceList(os.path.join(state, "announce.txt"))
+
+        def announce(hashes: list[str]) -> None:
+            new = announce_list.add(hashes)
+            if new:
+                service.announce(new)
+
+        service.announce(sorted(announce_list.hashes))
+        if not announce_list.existed and origin_kind(config) == "local":
+            scanner = gevent.spawn(scan_storage, os.path.abspath(config.storage_dir), config.dht_announce_all,
+                                   announce)
 
     def handle(sock, _address) -> None:
         def on_request(method: str, params):
@@ -176,14 +211,20 @@ def main(ctx: ChildContext) -> int:
     handlers.append(gevent.signal_handler(signal.SIGUSR1, logs.reopen))
     while not stop.is_set() and ctx.parent_alive():
         status = service.status()
-        ctx.post(READY, {"dht": {k: status[k] for k in STATUS_KEYS if k in status}})
+        posted = {k: status[k] for k in STATUS_KEYS if k in status}
+        if cluster is not None:
+            posted["cluster"] = cluster.status()
+        ctx.post(READY, {"dht": posted})
         stop.wait(1.0)
     ctx.post(STOPPING)
     server.stop(timeout=1)
     if scanner is not None:
         scanner.kill()
+    if cluster is not None:
+        cluster.stop()  # leaves the cluster: the others take over our share at their next read
     service.stop()
-    announce_list.close()
+    if announce_list is not None:
+        announce_list.close()
     for handler in handlers:
         handler.cancel()
     return 0
