@@ -1,0 +1,386 @@
+"""The HTTP/3 blob server (spec §3d), asyncio + aioquic: `/get/{hash}[?trace=&edge_token=]` and `/has/{hash}`.
+
+Statuses: 200 blob (Via header with `?trace=true`), 404 `blob not found` (remembered for 5 minutes in a
+misses cache), 403 `requested blob is protected` unless `?edge_token=` matches the configured token
+(as on HTTP; with no token configured nobody gets a protected blob), 400 for a malformed hash, 500 with
+the error text when the store fails (reflector.go sent 400; 500 matches our HTTP server and keeps 400
+for bad requests), 503 while stopping. `/has/` answers 200 or 404 with reflector.go's JSON body.
+Any method is accepted, as in reflector.go.
+
+The event loop never blocks: store calls (disk reads, cache-manager IPC, origin fetches) run in thread
+pools. At most `queue_size` GETs run at once (an asyncio.Semaphore); a GET keeps its slot until the
+client has acknowledged the whole response or the send timeout resets the stream, so slow readers
+cannot make the server buffer more than `queue_size` blobs.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import json
+import logging
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import unquote_plus
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.asyncio.server import QuicServer
+from aioquic.h3.connection import H3_ALPN, ErrorCode, H3Connection
+from aioquic.h3.events import HeadersReceived
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    HandshakeCompleted,
+    ProtocolNegotiated,
+    QuicEvent,
+    StopSendingReceived,
+    StreamReset,
+)
+
+from appliance import metrics
+from appliance.blob import is_valid_hash
+from appliance.errors import BlobNotFound
+from appliance.http3.quic import HANDSHAKE_TIMEOUT, stream_delivered
+from appliance.http3.udp import BatchedDatagramTransport
+from appliance.stores.base import BlobStore
+from appliance.trace import Trace
+
+log = logging.getLogger("http3")
+
+LBRYCRD_ADDRESS = "bJxKvpD96kaJLriqVajZ7SaQTsWWyrGQct"
+MISSES_TTL = 300.0
+MISSES_MAX = 2000
+SEND_TIMEOUT = 60.0  # a client must take a whole blob within this long
+AUX_THREADS = 16  # /has/, protected-content checks, access reports
+DELIVERY_POLL = 0.02
+_GO_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+
+
+class MissesCache:
+    """Hashes recently not found, each remembered for `ttl` seconds; at most `max_size` of them."""
+
+    def __init__(self, ttl: float = MISSES_TTL, max_size: int = MISSES_MAX):
+        self.ttl, self.max_size = ttl, max_size
+        self._expiry: OrderedDict[str, float] = OrderedDict()
+
+    def __contains__(self, hash_: str) -> bool:
+        expiry = self._expiry.get(hash_)
+        if expiry is not None and expiry <= time.monotonic():
+            del self._expiry[hash_]
+            return False
+        return expiry is not None
+
+    def add(self, hash_: str) -> None:
+        self._expiry[hash_] = time.monotonic() + self.ttl
+        self._expiry.move_to_end(hash_)
+        while len(self._expiry) > self.max_size:
+            self._expiry.popitem(last=False)
+
+
+class BlobService:
+    """Routes and blocking work shared by every connection of one server."""
+
+    def __init__(self, store: BlobStore, *, queue_size: int = 200, protected=None, edge_token: str = "",
+                 send_timeout: float = SEND_TIMEOUT):
+        self.store = store
+        self.protected = protected
+        self.edge_token = edge_token
+        self.send_timeout = send_timeout
+        self.queue_size = max(1, queue_size)
+        self.misses = MissesCache()
+        self.connections: set[Http3ServerProtocol] = set()
+        self.requests = 0
+        self.stopping = False
+        self._queue: asyncio.Semaphore | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._get_pool = ThreadPoolExecutor(self.queue_size, thread_name_prefix="h3-get")
+        self.aux_pool = ThreadPoolExecutor(AUX_THREADS, thread_name_prefix="h3-aux")
+
+    # -- requests -------------------------------------------------------------------------------------
+    def request_received(self, conn: Http3ServerProtocol, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.requests += 1
+        task = asyncio.get_running_loop().create_task(self._serve(conn, stream_id, headers))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, conn: Http3ServerProtocol, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
+        try:
+            await self._route(conn, stream_id, dict(headers).get(b":path", b""))
+        except Exception:  # a bug must cost one request, not the process
+            log.exception("http3: request on stream %d failed", stream_id)
+            conn.respond(stream_id, 500, b"internal error\n")
+
+    async def _route(self, conn: Http3ServerProtocol, stream_id: int, target: bytes) -> None:
+        if self.stopping:
+            conn.respond(stream_id, 503, b"server is shutting down\n")
+            return
+        path, _, query = target.partition(b"?")
+        if path.startswith(b"/get/"):
+            route = self._get
+        elif path.startswith(b"/has/"):
+            route = self._has
+        else:
+            conn.respond(stream_id, 404, b"404 page not found\n")
+            return
+        hash_ = path[5:].decode("latin-1")
+        if not is_valid_hash(hash_):
+            metrics.DOWNLOAD_FAILURES_TOTAL.labels(server="http3", reason="invalid_blob_hash").inc()
+            conn.respond(stream_id, 400, b"invalid blob hash\n")
+            return
+        await route(conn, stream_id, hash_, _query(query))
+
+    async def _has(self, conn: Http3ServerProtocol, stream_id: int, hash_: str, _query: dict[str, str]) -> None:
+        try:
+            present = await self._in_pool(self.aux_pool, self.store.has, hash_)
+        except Exception as exc:
+            self._store_error(conn, stream_id, exc)
+            return
+        body = json.dumps({"lbrycrd_address": LBRYCRD_ADDRESS, "is_available": present}, separators=(",", ":"))
+        conn.respond(stream_id, 200 if present else 404, body.encode(), content_type=b"application/json")
+
+    async def _get(self, conn: Http3ServerProtocol, stream_id: int, hash_: str, query: dict[str, str]) -> None:
+        want_trace = query.get("trace", "") in _GO_TRUE
+        if self.protected is not None and not self._token_ok(query.get("edge_token", "")):
+            if await self._in_pool(self.aux_pool, self.protected.is_protected, hash_):
+                metrics.DOWNLOAD_FAILURES_TOTAL.labels(server="http3", reason="protected_blob").inc()
+                conn.respond(stream_id, 403, b"requested blob is protected\n")
+                return
+        if hash_ in self.misses:
+            self._not_found(conn, stream_id, Trace.new("http3") if want_trace else None)
+            return
+        if self._queue is None:
+            self._queue = asyncio.Semaphore(self.queue_size)
+        metrics.HTTP3_QUEUE_SIZE.inc()
+        queued = True
+        try:
+            async with self._queue:
+                metrics.HTTP3_QUEUE_SIZE.dec()
+                queued = False
+                await self._send_blob(conn, stream_id, hash_, want_trace)
+        finally:
+            if queued:  # cancelled while waiting for a slot
+                metrics.HTTP3_QUEUE_SIZE.dec()
+
+    async def _send_blob(self, conn: Http3ServerProtocol, stream_id: int, hash_: str, want_trace: bool) -> None:
+        try:
+            data, trace = await self._in_pool(self._get_pool, self._read_blob, hash_)
+        except BlobNotFound as exc:
+            self.misses.add(hash_)
+            self._not_found(conn, stream_id, (exc.trace or Trace()) if want_trace else None)
+            return
+        except Exception as exc:
+            self._store_error(conn, stream_id, exc)
+            return
+        # The store's trace as it is (reflector.go); the client stacks its own `http3` hop.
+        extra = [(b"via", trace.to_json().encode())] if want_trace else []
+        if not conn.respond(stream_id, 200, data, content_type=_content_type(data), extra=extra):
+            return
+        # Counted once the whole response is handed to QUIC, as reflector.go counts after its write; a
+        # client may close the connection before acknowledging the last packets, and that is no error.
+        metrics.UDP_OUT_BYTES.inc(len(data))
+        metrics.BLOB_DOWNLOAD_TOTAL.inc()
+        metrics.HTTP3_DOWNLOAD_TOTAL.inc()
+        if await conn.delivered(stream_id, self.send_timeout) is None:  # the slot is held until then
+            kind = metrics.count_error("download", TimeoutError(f"i/o timeout sending {hash_[:8]}"))
+            metrics.DOWNLOAD_FAILURES_TOTAL.labels(server="http3", reason=kind).inc()
+
+    def _read_blob(self, hash_: str) -> tuple[bytes, Trace]:
+        """In a pool thread: the tiered read (disk hit, or a miss through the cache manager and origin)."""
+        with self.store.get(hash_) as blob:
+            return blob.data, blob.trace
+
+    def _token_ok(self, token: str) -> bool:
+        return bool(self.edge_token) and hmac.compare_digest(token.encode(), self.edge_token.encode())
+
+    def _not_found(self, conn: Http3ServerProtocol, stream_id: int, trace: Trace | None) -> None:
+        metrics.DOWNLOAD_FAILURES_TOTAL.labels(server="http3", reason="blob_not_found").inc()
+        extra = [(b"via", trace.to_json().encode())] if trace is not None else []
+        conn.respond(stream_id, 404, b"blob not found\n", extra=extra)
+
+    def _store_error(self, conn: Http3ServerProtocol, stream_id: int, exc: Exception) -> None:
+        kind = metrics.count_error("download", exc)
+        metrics.DOWNLOAD_FAILURES_TOTAL.labels(server="http3", reason=kind).inc()
+        if kind == "other":
+            log.error("http3: store error: %s", exc)
+        text = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+        conn.respond(stream_id, 500, text.encode("utf-8", "replace") + b"\n")
+
+    @staticmethod
+    async def _in_pool(pool: ThreadPoolExecutor, fn: Callable, *args):
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new requests and wait up to `timeout` for those in flight; True when all finished."""
+        self.stopping = True
+        deadline = time.monotonic() + timeout
+        while self._tasks and time.monotonic() < deadline:
+            await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
+        return not self._tasks
+
+    def close_connections(self) -> None:
+        for conn in list(self.connections):
+            conn.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase="server stopping")
+        for task in list(self._tasks):
+            task.cancel()
+
+    def shutdown_pools(self) -> None:
+        self._get_pool.shutdown(wait=False, cancel_futures=True)
+        self.aux_pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Http3ServerProtocol(QuicConnectionProtocol):
+    """One QUIC connection: HTTP/3 framing, responses, and delivery tracking for the service."""
+
+    def __init__(self, *args, service: BlobService, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.service = service
+        self._h3: H3Connection | None = None
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._waiters: dict[int, asyncio.Future] = {}  # stream id -> delivery outcome
+        self._poller: asyncio.TimerHandle | None = None
+
+    def datagram_received(self, data, addr) -> None:
+        # Transmit once after the whole batch the server is dispatching (see udp.py), not per datagram.
+        self._quic.receive_datagram(data, addr, now=self._loop.time())
+        self._process_events()
+        self._transmit_soon()
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        # Abandoned or garbage handshakes must not hold state for the whole idle timeout.
+        self._handshake_timer = self._loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_expired)
+
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        self.close(reason_phrase="handshake timeout")
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, ProtocolNegotiated) and event.alpn_protocol in H3_ALPN:
+            self._h3 = H3Connection(self._quic)
+        elif isinstance(event, HandshakeCompleted):
+            if self._handshake_timer is not None:
+                self._handshake_timer.cancel()
+                self._handshake_timer = None
+            self.service.connections.add(self)
+        elif isinstance(event, ConnectionTerminated):
+            self._terminated()
+        elif isinstance(event, StopSendingReceived | StreamReset):
+            self._settle(event.stream_id, False)
+        if self._h3 is None:
+            return
+        for h3_event in self._h3.handle_event(event):
+            if isinstance(h3_event, HeadersReceived) and h3_event.push_id is None:
+                self.service.request_received(self, h3_event.stream_id, h3_event.headers)
+
+    def _terminated(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        self.service.connections.discard(self)
+        for stream_id in list(self._waiters):
+            self._settle(stream_id, False)
+
+    # -- responses ------------------------------------------------------------------------------------
+    def respond(self, stream_id: int, status: int, body: bytes = b"", *, content_type: bytes = b"text/plain; "
+                b"charset=utf-8", extra: list[tuple[bytes, bytes]] | None = None) -> bool:
+        """Queue a whole response; False when the stream or connection is already gone."""
+        if self._h3 is None:
+            return False
+        headers = [(b":status", str(status).encode()), (b"content-length", str(len(body)).encode())]
+        if body:
+            headers.append((b"content-type", content_type))
+        headers.extend(extra or [])
+        try:
+            self._h3.send_headers(stream_id, headers, end_stream=not body)
+            if body:
+                self._h3.send_data(stream_id, body, end_stream=True)
+        except Exception as exc:  # the client reset the stream or the connection is closing
+            log.debug("http3: cannot answer on stream %d: %s", stream_id, exc)
+            return False
+        self.transmit()
+        return True
+
+    async def delivered(self, stream_id: int, timeout: float) -> bool | None:
+        """True once the client acknowledged the whole response; False if aborted; None on timeout (reset)."""
+        if stream_delivered(self._quic, stream_id):
+            return True
+        future = self._loop.create_future()
+        self._waiters[stream_id] = future
+        self._schedule_poll()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            self._quic.reset_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+            self.transmit()
+            return None
+        finally:
+            self._waiters.pop(stream_id, None)
+
+    def _schedule_poll(self) -> None:
+        if self._poller is None:
+            self._poller = self._loop.call_later(DELIVERY_POLL, self._poll_deliveries)
+
+    def _poll_deliveries(self) -> None:
+        self._poller = None
+        for stream_id in list(self._waiters):
+            if stream_delivered(self._quic, stream_id):
+                self._settle(stream_id, True)
+        if self._waiters:
+            self._schedule_poll()
+
+    def _settle(self, stream_id: int, outcome: bool) -> None:
+        future = self._waiters.get(stream_id)
+        if future is not None and not future.done():
+            future.set_result(outcome)
+
+
+class BatchedQuicServer(QuicServer):
+    """aioquic's server (connection-id routing, version negotiation) fed by BatchedDatagramTransport."""
+
+    def datagrams_received(self, batch: list[tuple[bytes, tuple]]) -> None:
+        for data, addr in batch:
+            self.datagram_received(data, addr)
+
+
+async def start_server(host: str, port: int, configuration, service: BlobService) -> QuicServer:
+    """Bind UDP host:port and serve HTTP/3 on it; `close()` the result to stop (raises OSError)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((host, port))
+        server = BatchedQuicServer(configuration=configuration,
+                                   create_protocol=functools.partial(Http3ServerProtocol, service=service))
+        BatchedDatagramTransport(asyncio.get_running_loop(), sock, server)
+    except BaseException:
+        sock.close()
+        raise
+    return server
+
+
+def _query(query: bytes) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for item in query.split(b"&"):
+        key, _, value = item.partition(b"=")
+        name = key.decode("latin-1")
+        if name and name not in values:  # the first occurrence wins, as Go's Query().Get
+            values[name] = unquote_plus(value.decode("latin-1"))
+    return values
+
+
+def _content_type(data: bytes) -> bytes:
+    """Go's sniffing as reflector.go sent it: text/plain for text (sd blobs are JSON), else octet-stream."""
+    head = data[:512]
+    if any(b < 0x20 and b not in (0x09, 0x0A, 0x0C, 0x0D, 0x1B) for b in head):
+        return b"application/octet-stream"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not just a character cut at the 512-byte boundary
+            return b"application/octet-stream"
+    return b"text/plain; charset=utf-8"

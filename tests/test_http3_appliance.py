@@ -1,0 +1,137 @@
+"""The http3 role inside real appliances: chained over --upstream-protocol http3, served to an independent
+HTTP/3 client, supervised (heartbeat, graceful stop), and refusing to boot with an unusable certificate."""
+import io
+import os
+import signal
+import socket
+import stat
+import subprocess
+
+import pytest
+import requests
+from test_http3_support import Appliance, H3Probe, wait_for
+
+from appliance.blob import blob_hash
+from appliance.clients.reflector import ReflectorClient
+from appliance.stores.disk import DiskStore
+from appliance.stream import decrypt_stream, make_stream
+from appliance.trace import Trace
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not exported")
+
+
+def _http_get(appliance: Appliance, hash_: str) -> bytes:
+    resp = requests.get(f"http://127.0.0.1:{appliance.ports['http']}/blob", params={"hash": hash_}, timeout=30)
+    assert resp.status_code == 200, (resp.status_code, resp.text, appliance.output()[-2000:])
+    return resp.content
+
+
+def test_chained_appliance_serves_a_stream_from_its_http3_upstream(tmp_path):
+    source = tmp_path / "video.bin"
+    source.write_bytes(os.urandom(5 * 1024 * 1024 + 1234))  # three content blobs
+    made_dir = tmp_path / "made"
+    made_dir.mkdir()
+    descriptor = make_stream(str(source), out_dir=str(made_dir)).descriptor
+    content = [b.blob_hash for b in descriptor.content_blobs]
+    (tmp_path / "up").mkdir()
+    (tmp_path / "down").mkdir()
+    up = Appliance(tmp_path / "up")
+    with up:
+        with ReflectorClient("127.0.0.1", up.ports["receiver"], timeout=30) as client:
+            client.send_stream(descriptor.sd_hash, descriptor.raw, lambda h: (made_dir / h).read_bytes())
+        down = Appliance(tmp_path / "down", "--upstream-reflector", f"127.0.0.1:{up.ports['http3']}",
+                         "--upstream-protocol", "http3", "--disable-uploads")
+        fetched = {}
+        with down:
+            # A gevent worker fetches through Http3Store (HTTP/1.1 to the downstream) ...
+            fetched[descriptor.sd_hash] = _http_get(down, descriptor.sd_hash)
+            fetched[content[0]] = _http_get(down, content[0])
+            # ... and so does the downstream's own asyncio HTTP/3 role (from its pool threads).
+            with H3Probe(down.ports["http3"]) as probe:
+                assert probe.request(f"/has/{content[1]}")[0] == 200  # answered by the upstream
+                status, headers, body = probe.request(f"/get/{content[1]}?trace=true")
+                assert status == 200
+                fetched[content[1]] = body
+                hops = [hop.origin_name for hop in Trace.from_json(headers[b"via"]).stacks]
+                assert hops[:2] == ["disk", "http3"]  # the upstream's disk, then the HTTP/3 hop
+                assert probe.request(f"/get/{blob_hash(b'nowhere')}")[0] == 404
+            # The upstream restarts; the downstream's connection to it is replaced on the next miss.
+            assert up.stop() == 0
+            up.start()
+            fetched[content[2]] = _http_get(down, content[2])
+            for h, data in fetched.items():
+                assert data == (made_dir / h).read_bytes()
+            out = io.BytesIO()
+            decrypt_stream(descriptor, lambda info: fetched[info.blob_hash], out)
+            assert out.getvalue() == source.read_bytes()
+            # Each blob crossed HTTP/3 exactly once (worker and http3 role both count into the same metric).
+            assert _metric(down.metrics(), "reflector_udp_in_bytes") == sum(len(d) for d in fetched.values())
+            # Served again from the downstream's disk cache: no new upstream request.
+            served_before = _metric(up.metrics(), "reflector_http3_blob_download_total")
+            assert _http_get(down, content[2]) == fetched[content[2]]
+            assert _metric(up.metrics(), "reflector_http3_blob_download_total") == served_before
+        assert down.stop() == 0
+    assert served_before == 1  # the restarted upstream (fresh counters) served content[2] over HTTP/3
+
+
+def test_http3_role_serves_reports_and_stops_gracefully(tmp_path):
+    store = DiskStore(str(tmp_path / "blobs"))
+    payloads = [os.urandom(2 * 1024 * 1024), os.urandom(10)]
+    for payload in payloads:
+        store.put(blob_hash(payload), payload)
+    app = Appliance(tmp_path, "--request-queue-size", "4")
+    with app:
+        with H3Probe(app.ports["http3"]) as probe:
+            for payload in payloads:
+                assert probe.request(f"/get/{blob_hash(payload)}")[::2] == (200, payload)
+            assert probe.request(f"/has/{blob_hash(payloads[0])}")[0] == 200
+            assert probe.request(f"/has/{blob_hash(b'missing')}")[0] == 404
+            assert probe.request(f"/get/{blob_hash(b'missing')}")[::2] == (404, b"blob not found\n")
+            assert probe.request("/get/nothex")[0] == 400
+
+        def http3_process():
+            return next(p for p in app.status()["processes"] if p["role"] == "http3")
+
+        wait_for(lambda: http3_process()["requests"] >= 6, 10, "the http3 heartbeat to report the requests")
+        text = app.metrics()
+        assert _metric(text, "reflector_http3_blob_download_total") == 2
+        assert _metric(text, "reflector_udp_out_bytes") == sum(len(p) for p in payloads)
+        key = tmp_path / "state" / "http3" / "key.pem"
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        cert = (tmp_path / "state" / "http3" / "cert.pem").read_bytes()
+        pid = http3_process()["pid"]
+        assert app.stop() == 0
+    assert f"http3[{pid}] http3: stopped" in app.output()
+    with app:  # a restart reuses the certificate made at first start
+        assert (tmp_path / "state" / "http3" / "cert.pem").read_bytes() == cert
+        with H3Probe(app.ports["http3"]) as probe:
+            assert probe.request(f"/get/{blob_hash(payloads[1])}")[::2] == (200, payloads[1])
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--http3-cert", "/nonexistent/cert.pem"], "http3_cert /nonexistent/cert.pem: No such file or directory"),
+    (["--http3-key", "/nonexistent/key.pem"], "http3_key is set but http3_cert is not"),
+])
+def test_an_unusable_certificate_stops_the_appliance_with_one_line(tmp_path, flags, needle):
+    app = Appliance(tmp_path, *flags).start(wait=False)
+    try:
+        code = app.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        app.stop(signal.SIGKILL)
+        raise
+    assert code != 0
+    lines = [line for line in app.output().splitlines() if needle in line]
+    assert len(lines) == 1 and "cannot start" in lines[0], app.output()
+
+
+def test_disable_http3_leaves_the_role_and_the_port_out(tmp_path):
+    app = Appliance(tmp_path, "--disable-http3")
+    with app:
+        assert [p for p in app.status()["processes"] if p["role"] == "http3"] == []
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", app.ports["http3"]))  # nobody holds the UDP port
