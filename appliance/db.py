@@ -146,7 +146,11 @@ def _close_quietly(conn: pymysql.connections.Connection) -> None:
 
 
 class Database:
-    """reflector.go's MySQL operations. Construction connects to nothing; see the module docstring."""
+    """reflector.go's MySQL operations. Construction connects to nothing; see the module docstring.
+
+    Subclasses add operations with `_run(what, work)` (work(cursor) in one retried transaction) and
+    `_fetch(what, sql, args)` (one read, all rows); `what` names the operation in error messages.
+    """
 
     def __init__(self, dsn: str | dsn_mod.DSN, track_access: TrackAccess | str = TrackAccess.NONE,
                  soft_delete: bool = False, *, pool_size: int = 8, lock_retries: int = 4,
