@@ -18,6 +18,7 @@ and reported to the manager (`added`), so the receipt is sent only after the blo
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import Counter
@@ -33,6 +34,27 @@ log = logging.getLogger("store")
 
 FETCH_TIMEOUT = 120.0  # a waiter gives up on another worker's fetch after this long
 REPORT_INTERVAL = 0.5
+
+
+def off_hub(fn, *args):
+    """Call a blocking disk write (write + fsync) in gevent's thread pool inside a gevent worker, so the
+    worker keeps serving its other clients meanwhile; a plain call anywhere else (threads, scripts)."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("threading"):
+        return fn(*args)
+    import gevent
+
+    failed, value = gevent.get_hub().threadpool.apply(_outcome, (fn, args))
+    if failed:
+        raise value
+    return value
+
+
+def _outcome(fn, args: tuple) -> tuple[bool, object]:
+    try:
+        return False, fn(*args)
+    except Exception as exc:  # raised again in the caller (gevent would also print it as a traceback)
+        return True, exc
 
 
 class CacheManagerClient:
@@ -185,7 +207,7 @@ class TieredStore(BlobStore):
         try:
             for cache, keep in zip(self.caches, room, strict=True):
                 if keep:
-                    cache.put(hash_, data)
+                    off_hub(cache.put, hash_, data)
         except OSError as exc:  # a full or broken cache disk: serve from memory, keep the manager honest
             log.error("cannot write %s into the disk cache: %s", hash_[:8], exc)
             self._report(self.manager.failed, hash_, "error", f"cache write failed: {exc}")
@@ -236,7 +258,7 @@ class TieredStore(BlobStore):
     def _write_through(self, hash_: str, data: bytes) -> None:
         for cache in self.caches:
             try:
-                cache.put(hash_, data)
+                off_hub(cache.put, hash_, data)
             except OSError as exc:  # the origin has it; the cache is only a copy
                 log.error("write-through of %s into %s failed: %s", hash_[:8], cache.root, exc)
                 return

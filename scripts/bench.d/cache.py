@@ -1,0 +1,205 @@
+"""scripts/bench cache: the cache tier through a two-level chain on 127.0.0.1 (issue 5).
+
+A (standalone, local storage: the origin) <- B (upstream A over HTTP, a disk cache) <- C (upstream B over the
+TCP peer protocol, a disk cache); every request goes to C's HTTP port. Each run writes fresh 2 MiB blobs into
+A's storage and measures, with the same client (threads on keep-alive connections, each blob asked once):
+  hits   blobs already in C's disk cache
+  cold   blobs in neither cache: every one crosses both hops (single-flight lease, SHA-384 check, disk write)
+  mixed  half of each, interleaved: a 50% hit ratio
+and reports MB/s with cold/hits and mixed/hits as ratios measured in the same run, medians of --runs runs.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from appliance import ipc  # noqa: E402
+
+BLOB_SIZE = 2 * 1024 * 1024
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class Appliance:
+    """`prism reflector` in its own directory on free 127.0.0.1 ports, stopped by stop()."""
+
+    def __init__(self, directory: Path, *flags: str):
+        self.dir = directory
+        self.dir.mkdir(parents=True)
+        receiver, self.peer_port, self.http_port, metrics = free_ports(4)
+        argv = [sys.executable, "-m", "appliance.cli.prism", "reflector", "--conf", "none", "--listen-address",
+                "127.0.0.1", "--disable-dht", "--disable-http3", "--receiver-port", str(receiver),
+                "--tcp-peer-port", str(self.peer_port), "--http-peer-port", str(self.http_port),
+                "--metrics-port", str(metrics), *flags]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        with open(self.dir / "appliance.log", "wb") as log:
+            self.proc = subprocess.Popen(argv, cwd=self.dir, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"bench: an appliance exited while starting; see {self.dir / 'appliance.log'}")
+            client = ipc.IpcClient(str(self.dir / "run" / "control.sock"), name="control", timeout=5)
+            try:
+                status = client.call("status")
+                if status["state"] == "ready" and all(p["state"] == "ready" for p in status["processes"]):
+                    return
+            except (ipc.IpcError, OSError, TimeoutError):
+                pass
+            finally:
+                client.close()
+            time.sleep(0.1)
+        raise SystemExit(f"bench: an appliance was not ready within {timeout:g}s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+def write_blobs(root: Path, count: int) -> list[str]:
+    """`count` random 2 MiB blobs in reflector.go's layout under root (the origin's local storage)."""
+    hashes = []
+    for _ in range(count):
+        data = os.urandom(BLOB_SIZE)
+        hash_ = hashlib.sha384(data).hexdigest()
+        (root / hash_[:2]).mkdir(parents=True, exist_ok=True)
+        (root / hash_[:2] / hash_).write_bytes(data)
+        hashes.append(hash_)
+    return hashes
+
+
+def load(port: int, hashes: list[str], clients: int) -> float:
+    """GET every hash once with `clients` keep-alive connections; MB/s of blob bytes received."""
+    todo = iter(hashes)
+    lock = threading.Lock()
+    errors: list[str] = []
+    received = [0] * clients
+
+    def run(i: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        buf = memoryview(bytearray(BLOB_SIZE + 65536))
+        try:
+            while True:
+                with lock:
+                    hash_ = next(todo, None)
+                if hash_ is None or errors:
+                    return
+                conn.request("GET", f"/blob?hash={hash_}")
+                response = conn.getresponse()
+                n = 0
+                while chunk := response.readinto(buf[n:]):
+                    n += chunk
+                if response.status != 200 or n != BLOB_SIZE:
+                    errors.append(f"HTTP {response.status}, {n} bytes for {hash_[:8]}")
+                received[i] += n
+        except (OSError, http.client.HTTPException) as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    if errors:
+        raise SystemExit(f"bench: {len(errors)} failed request(s), e.g. {errors[0]}")
+    return sum(received) / elapsed / 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench cache", description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--blobs", type=int, default=60, help="2 MiB blobs per measurement and run")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent client connections")
+    parser.add_argument("--workers", type=int, default=2, help="workers of the edge appliance C")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="prism-bench-cache-"))
+    apps: list[Appliance] = []
+    try:
+        a = Appliance(tmp / "A", "--workers", "1")
+        apps.append(a)
+        b = Appliance(tmp / "B", "--workers", "1", "--upstream-reflector", f"127.0.0.1:{a.http_port}",
+                      "--upstream-protocol", "http", "--disk-cache", f"100GB:{tmp / 'B-cache'}:lru")
+        apps.append(b)
+        c = Appliance(tmp / "C", "--workers", str(args.workers), "--upstream-reflector",
+                      f"127.0.0.1:{b.peer_port}", "--upstream-protocol", "tcp",
+                      "--disk-cache", f"100GB:{tmp / 'C-cache'}:lru")
+        apps.append(c)
+        for app in apps:
+            app.wait_ready()
+        storage = tmp / "A" / "data" / "blobs"
+        print(f"bench: chain C :{c.http_port} <- B :{b.peer_port} (tcp) <- A :{a.http_port} (http); "
+              f"{args.runs} runs of {args.blobs} x 2 MiB per measurement, {args.clients} clients", flush=True)
+        figures: dict[str, list[float]] = {"hits": [], "cold": [], "mixed": [], "cold/hits": [], "mixed/hits": []}
+        for run in range(args.runs):
+            cached = write_blobs(storage, args.blobs)
+            load(c.http_port, cached, args.clients)  # warm: now on B's and C's disks
+            cold = write_blobs(storage, args.blobs)
+            half_cold = write_blobs(storage, args.blobs // 2)
+            mixed = [h for pair in zip(cached[:len(half_cold)], half_cold, strict=True) for h in pair]
+            hits = load(c.http_port, cached, args.clients)
+            misses = load(c.http_port, cold, args.clients)
+            both = load(c.http_port, mixed, args.clients)
+            for name, value in (("hits", hits), ("cold", misses), ("mixed", both), ("cold/hits", misses / hits),
+                                ("mixed/hits", both / hits)):
+                figures[name].append(value)
+            print(f"  run {run + 1}: hits {hits:.0f} MB/s, cold {misses:.0f} MB/s, 50% hits {both:.0f} MB/s",
+                  flush=True)
+        medians = {name: statistics.median(values) for name, values in figures.items()}
+        print(f"hits (C's disk)                   {medians['hits']:8.1f} MB/s")
+        print(f"cold misses through C <- B <- A   {medians['cold']:8.1f} MB/s   ratio to hits "
+              f"{medians['cold/hits']:.2f}")
+        print(f"50% hit ratio                     {medians['mixed']:8.1f} MB/s   ratio to hits "
+              f"{medians['mixed/hits']:.2f}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"runs": figures, "medians": medians}, indent=1))
+    finally:
+        for app in reversed(apps):
+            app.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
