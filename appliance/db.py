@@ -323,15 +323,17 @@ class Database:
             sd_id = self._upsert_blob(cur, sd_hash, sd_length, True, now)
             stream_id = self._stream_id(cur, stream_hash, sd_id, now)
             for chunk in _chunks(rows, INSERT_BATCH):
+                # Only placeholders in VALUES (...): pymysql then sends one multi-row INSERT per chunk
+                # instead of one statement per row.
                 if blobs_mode:
                     cur.executemany("INSERT INTO blob_ (hash, is_stored, length, last_accessed_at) "
-                                    "VALUES (%s,0,%s,%s) ON DUPLICATE KEY UPDATE "
+                                    "VALUES (%s,%s,%s,%s) ON DUPLICATE KEY UPDATE "
                                     "last_accessed_at = VALUES(last_accessed_at)",
-                                    [(h, length, now) for h, (length, _) in chunk])
+                                    [(h, 0, length, now) for h, (length, _) in chunk])
                 else:
                     # A duplicate keeps its row as it is (is_stored OR 0 = is_stored).
-                    cur.executemany("INSERT IGNORE INTO blob_ (hash, is_stored, length) VALUES (%s,0,%s)",
-                                    [(h, length) for h, (length, _) in chunk])
+                    cur.executemany("INSERT IGNORE INTO blob_ (hash, is_stored, length) VALUES (%s,%s,%s)",
+                                    [(h, 0, length) for h, (length, _) in chunk])
                 cur.execute(f"SELECT hash, id FROM blob_ WHERE hash IN ({_placeholders(len(chunk))})",
                             [h for h, _ in chunk])
                 ids = dict(cur.fetchall())
@@ -430,15 +432,15 @@ class Database:
         """
         when = accessed_at or self._now()
         total = 0
-        batch: list[tuple[str, int, dt.datetime]] = []
+        batch: list[tuple[str, int, int, dt.datetime]] = []
 
         def flush(rows: list) -> None:
             self._run("add blobs", lambda cur: cur.executemany(
-                "INSERT INTO blob_ (hash, is_stored, length, last_accessed_at) VALUES (%s,1,%s,%s) "
+                "INSERT INTO blob_ (hash, is_stored, length, last_accessed_at) VALUES (%s,%s,%s,%s) "
                 "ON DUPLICATE KEY UPDATE is_stored = 1, length = VALUES(length)", rows))
 
         for hash_, length in items:
-            batch.append((hash_, length, when))
+            batch.append((hash_, 1, length, when))
             if len(batch) >= BATCH:
                 flush(batch)
                 total, batch = total + len(batch), []
