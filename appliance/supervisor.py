@@ -41,6 +41,7 @@ WORKER_PORTS = ("receiver", "tcp_peer", "http")  # services each gevent worker s
 PORT_SETTING = {"receiver": "receiver_port", "tcp_peer": "tcp_peer_port", "http": "http_peer_port"}
 BOOT_FAILURES_BEFORE_HALT = 5
 ROLES_ORDER = ("cache-manager", "dht", "http3", "worker")
+SERVING_ROLES = ("worker", "http3")  # stopped first; the other roles serve them
 
 
 class SupervisorError(Exception):
@@ -568,10 +569,19 @@ class Supervisor:
         self.notifier.notify("STOPPING=1")
         log.info("%s stop: %d children", "graceful" if graceful else "fast", len(self.children))
         self.stop_deadline = time.monotonic() + (self.config.graceful_timeout if graceful else 2.0) + 3.0
-        # Workers first; the cache manager and the DHT last, so in-flight misses still complete.
-        for child in sorted(self.children.values(), key=lambda c: c.role != "worker"):
-            child.retiring = False
-            self.stop_child(child, graceful)
+        for child in list(self.children.values()):
+            if not graceful or child.role in SERVING_ROLES:
+                child.retiring = False
+                self.stop_child(child, graceful)
+        self._stop_support_roles()
+
+    def _stop_support_roles(self) -> None:
+        """The cache manager and the DHT stop once no server is left, so in-flight misses still complete."""
+        if any(c.role in SERVING_ROLES for c in self.children.values()):
+            return
+        for child in list(self.children.values()):
+            if not child.retiring:
+                self.stop_child(child, self.stopping == "graceful")
 
     def halt(self, message: str) -> None:
         if self.fatal is None:
@@ -601,6 +611,7 @@ class Supervisor:
             if self.stopping:
                 if not self.children:
                     break
+                self._stop_support_roles()
                 if time.monotonic() > self.stop_deadline:
                     for child in self.children.values():
                         self._kill(child)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 
 import gevent
 from gevent.event import Event
@@ -22,6 +23,8 @@ from appliance.stores.tiered import REPORT_INTERVAL, CacheManagerClient, TieredS
 from workers.child import BootError, ChildContext
 
 log = logging.getLogger("worker")
+
+LINGER = 1.0  # seconds a graceful stop waits for accepted connections that have not sent a request yet
 
 
 def build_stores(ctx: ChildContext):
@@ -69,6 +72,30 @@ def _announcer(ctx: ChildContext):
     return on_stored
 
 
+def graceful_stop(servers: list, timeout: float, fast: Event) -> None:
+    """Stop in two phases, within `timeout` seconds in all (cut short when `fast` is set).
+
+    1. Stop accepting, but leave keep-alive alone for up to LINGER seconds, until no connection is open: a
+       connection accepted just before the stop may not have sent (or its handler read) its first request
+       yet. It is neither busy nor served, and with `stopping` set its handler would close it unanswered.
+    2. Set `stopping` (keep-alive connections close after their current request) and wait for every request
+       in progress; the caller then closes what is left (idle keep-alive connections).
+    """
+    now = time.monotonic()
+    deadline, linger = now + timeout, now + min(timeout, LINGER)
+    for server in servers:
+        server.stop_accepting()
+        server.stopping = False  # phase 1: no new connections, but every accepted one gets its request served
+    while not fast.is_set() and now < linger and any(server.connections for server in servers):
+        fast.wait(0.02)
+        now = time.monotonic()
+    for server in servers:
+        server.stopping = True
+    while not fast.is_set() and now < deadline and not all(server.wait_idle(0) for server in servers):
+        fast.wait(0.02)
+        now = time.monotonic()
+
+
 def main(ctx: ChildContext) -> int:
     config = ctx.config
     store, underlying, protected, manager = build_stores(ctx)
@@ -92,11 +119,11 @@ def main(ctx: ChildContext) -> int:
     for server in servers:
         server.start()
 
-    stop = Event()
-    mode = {"graceful": True}
+    stop, fast = Event(), Event()
 
     def on_signal(graceful: bool) -> None:
-        mode["graceful"] = mode["graceful"] and graceful
+        if not graceful:
+            fast.set()  # also cuts a graceful stop in progress short
         stop.set()
 
     handlers = [gevent.signal_handler(signal.SIGTERM, on_signal, True),
@@ -121,16 +148,7 @@ def main(ctx: ChildContext) -> int:
     keeper = gevent.spawn(housekeeping)
     log.info("serving %s", ", ".join(type(s).__name__ for s in servers))
     stop.wait()
-    for server in servers:
-        server.stop_accepting()
-    if mode["graceful"]:
-        deadline = config.graceful_timeout
-        for server in servers:
-            started = gevent.get_hub().loop.now()
-            server.wait_idle(max(0.0, deadline))
-            deadline -= gevent.get_hub().loop.now() - started
-            if stop.is_set() and not mode["graceful"]:
-                break
+    graceful_stop(servers, 0.0 if fast.is_set() else config.graceful_timeout, fast)
     for server in servers:
         server.close_connections()
     keeper.kill()
