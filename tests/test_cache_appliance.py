@@ -5,6 +5,8 @@ the origin is a standalone appliance whose local storage the test fills directly
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +18,7 @@ from appliance.cache.policies import make_policy
 from tests.appliance_process import (
     Appliance,
     appliance_fixture,  # noqa: F401  (the `appliance` fixture)
+    child_env,
     free_ports,
     http_get,
     poll,
@@ -193,3 +196,39 @@ def test_mem_cache_serves_a_workers_second_request_from_memory(appliance, tmp_pa
     cached_path(cache_dir, w).unlink()
     assert http_get(app.ports["http"], w) == blobs[w]
     assert origin_requests() == 4
+
+
+OFF_HUB_PROBE = """
+from gevent import monkey
+monkey.patch_all()
+import threading
+import gevent
+from appliance.stores.tiered import off_hub
+
+blocking_sleep = monkey.get_original("time", "sleep")
+
+def write(fail):
+    blocking_sleep(0.2)  # a slow write + fsync
+    if fail:
+        raise OSError(28, "No space left on device")
+    return threading.get_ident()
+
+ticks = []
+ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.01)) for _ in range(5)])
+writer = off_hub(write, False)
+print(len(ticks), writer != threading.get_ident())
+try:
+    off_hub(write, True)
+except OSError as exc:
+    print("raised", exc.errno)
+"""
+
+
+def test_disk_writes_leave_a_gevent_workers_hub_free_and_keep_their_errors():
+    """In a monkey-patched process a cache write runs in a thread: other greenlets run meanwhile, and its
+    OSError reaches the caller (without gevent printing a traceback)."""
+    result = subprocess.run([sys.executable, "-c", OFF_HUB_PROBE], env=child_env(), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["5 True", "raised 28"], result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
