@@ -86,7 +86,10 @@ class Appliance:
         self.ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
         self.runtime_dir = self.dir / "run"
         self.log_path = self.dir / "appliance.log"
-        flags = ["--conf", "none", "--listen-address", "127.0.0.1"]
+        # Nothing may reach outside this machine: no protected-content list, no LBRY blocklist, no LBRY
+        # DHT seeds (a test that wants one of them passes its own local source after these).
+        flags = ["--conf", "none", "--listen-address", "127.0.0.1", "--protected-content-url", "",
+                 "--disable-blocklist", "--dht-seeds", ""]
         for name, port in self.ports.items():
             flags += [FLAGS[name], str(port)]
         flags += [] if dht else ["--disable-dht"]

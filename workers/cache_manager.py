@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 
 import gevent
@@ -256,6 +257,8 @@ def main(ctx: ChildContext) -> int:
     server.start()
 
     loaders = [gevent.spawn(_load_in_background, layer) for layer in layers if layer.index.needs_scan]
+    refresher_stop = threading.Event()
+    refresher = _start_blocklist_refresher(ctx, refresher_stop)
     stop = Event()
     handlers = [gevent.signal_handler(s, stop.set) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)]
     handlers.append(gevent.signal_handler(signal.SIGUSR1, logs.reopen))
@@ -272,6 +275,9 @@ def main(ctx: ChildContext) -> int:
     server.stop(timeout=1)
     for loader in loaders:
         loader.kill()
+    refresher_stop.set()
+    if refresher is not None:
+        refresher.kill()
     for layer in layers:
         layer.index.flush()
         layer.index.close()
@@ -282,6 +288,21 @@ def main(ctx: ChildContext) -> int:
     except FileNotFoundError:
         pass
     return 0
+
+
+def _start_blocklist_refresher(ctx: ChildContext, stop: threading.Event):
+    """One process of the appliance refreshes the blocklist (and deletes blocked blobs); workers re-read it."""
+    config = ctx.config
+    if config.disable_blocklist:
+        return None
+    from appliance.blocklist import Blocklist
+    from appliance.stores.compose import build_origin
+    from appliance.stores.disk import DiskStore
+
+    origin = build_origin(config)
+    caches = [DiskStore(spec.path) for spec in disk_cache_specs(config)]
+    blocklist = Blocklist.from_config(config, db=origin.database, stores=[origin.store, *caches])
+    return gevent.spawn(blocklist.run, stop)
 
 
 def _load_in_background(layer: Layer) -> None:

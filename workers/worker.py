@@ -28,7 +28,7 @@ LINGER = 1.0  # seconds a graceful stop waits for accepted connections that have
 
 
 def build_stores(ctx: ChildContext):
-    """(serving store, underlying store for the receiver, protected checker, blocked checker)."""
+    """(serving store, underlying store for the receiver, protected checker, cache manager, blocklist)."""
     config = ctx.config
     try:
         origin = build_origin(config)
@@ -44,8 +44,15 @@ def build_stores(ctx: ChildContext):
 
         mem = LRUMemoryStore(config.mem_cache)
     manager = CacheManagerClient(ctx.socket_path("cache")) if caches else None
+    blocklist = None
+    if not config.disable_blocklist:
+        from appliance.blocklist import Blocklist  # refreshed by the cache manager; workers re-read it
+
+        blocklist = Blocklist.from_config(config, db=origin.database, stores=[origin.store, *caches])
+        blocklist.load()
     store = TieredStore(origin.store, local=origin.local, caches=caches, mem=mem, manager=manager,
-                        on_stored=None if config.disable_dht else _announcer(ctx))
+                        on_stored=None if config.disable_dht else _announcer(ctx),
+                        blocked=blocklist.is_blocked if blocklist is not None else None)
     protected = None
     if config.protected_content_url:
         try:
@@ -54,7 +61,7 @@ def build_stores(ctx: ChildContext):
             ProtectedContent = None
         if ProtectedContent is not None:
             protected = ProtectedContent(config.protected_content_url, fail_closed=config.protected_fail_closed)
-    return store, origin.store, protected, manager
+    return store, origin.store, protected, manager, blocklist
 
 
 def _announcer(ctx: ChildContext):
@@ -96,15 +103,38 @@ def graceful_stop(servers: list, timeout: float, fast: Event) -> None:
         now = time.monotonic()
 
 
+BLOCKLIST_DB_RELOAD = 30.0  # seconds between re-reads of the `blocked` table the cache manager keeps current
+BLOCKLIST_FILE_CHECK = 2.0  # seconds between checks of the state file (a stat; re-read only when it changed)
+
+
+def _reload_blocklist(blocklist) -> None:
+    if blocklist.state_file is None:
+        while True:
+            gevent.sleep(BLOCKLIST_DB_RELOAD)
+            blocklist.load()
+    seen = None
+    while True:
+        gevent.sleep(BLOCKLIST_FILE_CHECK)
+        try:
+            stat = os.stat(blocklist.state_file)
+            current = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        except FileNotFoundError:
+            current = None
+        if current != seen:
+            seen = current
+            blocklist.load()
+
+
 def main(ctx: ChildContext) -> int:
     config = ctx.config
-    store, underlying, protected, manager = build_stores(ctx)
+    store, underlying, protected, manager, blocklist = build_stores(ctx)
     servers = []
     receiver = ctx.listener("receiver")
     if receiver is not None:
         from appliance.servers.receiver import ReceiverServer
 
-        servers.append(ReceiverServer(receiver, store, underlying, timeout=config.upload_timeout))
+        servers.append(ReceiverServer(receiver, store, underlying, timeout=config.upload_timeout,
+                                      blocked=blocklist.is_blocked if blocklist is not None else None))
     peer = ctx.listener("tcp_peer")
     if peer is not None:
         from appliance.servers.peer import PeerServer
@@ -146,12 +176,15 @@ def main(ctx: ChildContext) -> int:
             gevent.sleep(min(1.0, REPORT_INTERVAL))
 
     keeper = gevent.spawn(housekeeping)
+    reloader = gevent.spawn(_reload_blocklist, blocklist) if blocklist is not None else None
     log.info("serving %s", ", ".join(type(s).__name__ for s in servers))
     stop.wait()
     graceful_stop(servers, 0.0 if fast.is_set() else config.graceful_timeout, fast)
     for server in servers:
         server.close_connections()
     keeper.kill()
+    if reloader is not None:
+        reloader.kill()
     for handler in handlers:
         handler.cancel()
     store.shutdown()

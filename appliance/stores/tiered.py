@@ -113,13 +113,14 @@ class TieredStore(BlobStore):
 
     def __init__(self, origin: BlobStore, *, local: DiskStore | None = None, caches: list[DiskStore] | None = None,
                  mem: BlobStore | None = None, manager: CacheManagerClient | None = None,
-                 component: str = "reflector", on_stored=None):
+                 component: str = "reflector", on_stored=None, blocked=None):
         self.origin = origin
         self.local = local
         self.caches = caches or []
         self.mem = mem
         self.manager = manager
         self.on_stored = on_stored  # callable(hash, is_sd) after an upload is durable (DHT announcements)
+        self.blocked = blocked  # callable(hash) -> bool: blocklisted streams are not served
         self.direct = SingleFlightStore(origin, component)  # misses when the manager cannot coordinate
         self._hits = [metrics.CACHE_HIT_TOTAL.labels(cache_type=c.name, component=component) for c in self.caches]
         self._misses = [metrics.CACHE_MISS_TOTAL.labels(cache_type=c.name, component=component) for c in self.caches]
@@ -159,6 +160,8 @@ class TieredStore(BlobStore):
 
     def get(self, hash_: str) -> Blob:
         check_hash(hash_)
+        if self.blocked is not None and self.blocked(hash_):
+            raise BlobNotFound()
         blob = self._local_get(hash_)
         if blob is not None:
             return blob
@@ -232,6 +235,8 @@ class TieredStore(BlobStore):
 
     def has(self, hash_: str) -> bool:
         check_hash(hash_)
+        if self.blocked is not None and self.blocked(hash_):
+            return False
         if self.mem is not None and self.mem.has(hash_):
             return True
         if any(cache.has(hash_) for cache in self.caches):
