@@ -14,7 +14,19 @@ KEYS = ["standalone_peer_port", "listen_address", "storage_dir", "peer_idle_time
 
 
 def build_store(config: cfg.Config, args: argparse.Namespace) -> BlobStore:
-    """The store the peer server reads: local storage (`--storage-dir`)."""
+    """What the peer server reads: S3 (+ MySQL unless --nodb) as reflector.go, else local storage."""
+    if config.bucket_name:
+        from appliance.stores.s3 import S3Store
+
+        store: BlobStore = S3Store.from_config(config)
+        if not getattr(args, "nodb", False):
+            if not config.db_conn:
+                raise CommandError("db_conn is not set in the config (use --nodb to serve S3 without MySQL)")
+            from appliance.db import Database
+            from appliance.stores.dbbacked import DBBackedStore
+
+            store = DBBackedStore(store, Database.from_dsn(config.db_conn))
+        return store
     from appliance.stores.disk import DiskStore
 
     try:
@@ -45,8 +57,10 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("peer", help="run a standalone TCP peer server",
-                              description="Serve blobs over the LBRY TCP peer protocol (port 3333 unless --port).")
+                              description="Serve blobs over the LBRY TCP peer protocol (port 3333 unless --port): from "
+                                          "S3 (bucket_name in the config), tracked in MySQL (db_conn) unless "
+                                          "--nodb, as reflector.go; without S3, from local storage.")
     cfg.add_flags(p, KEYS)
     p.add_argument("--nodb", nargs="?", const=True, default=False, type=cfg.parse_bool, metavar="BOOL",
-                   help="do not use the database (local storage never uses one)")
+                   help="serve S3 without MySQL (local storage never uses one)")
     p.set_defaults(run=run)

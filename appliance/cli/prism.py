@@ -49,7 +49,29 @@ def verbose_components(args: argparse.Namespace) -> list[str]:
     return [c.strip() for item in (args.verbose or []) for c in item.split(",") if c.strip()]
 
 
+# Commands that run gevent servers in this process: they must monkey-patch before any other module
+# (ssl, sockets, threading) is imported, i.e. before the command modules are loaded to build the parser.
+GEVENT_COMMANDS = {"peer", "test"}
+
+
+def _command_name(argv: list[str]) -> str | None:
+    """The subcommand in argv, skipping global options and their values."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--conf", "-v", "--verbose"):
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    if _command_name(sys.argv[1:] if argv is None else argv) in GEVENT_COMMANDS:
+        from gevent import monkey
+
+        monkey.patch_all()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
