@@ -1,0 +1,48 @@
+"""A running appliance announces what it stores: an uploaded stream's sd hash is found in the DHT at our
+address and TCP peer port, and the blob downloads from there."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from appliance.clients.peer import PeerClient
+from appliance.clients.reflector import ReflectorClient
+from appliance.stream import make_stream
+from tests.appliance_process import REPO, appliance_fixture, child_env, free_ports, poll  # noqa: F401
+
+
+def test_uploaded_sd_blob_is_announced_and_downloadable(appliance, tmp_path):
+    dht_port = free_ports(1)[0]
+    app = appliance("--dht-port", str(dht_port), "--workers", "1", dht=True)
+    source = tmp_path / "video.bin"
+    source.write_bytes(os.urandom(300_000))
+    blobs_dir = tmp_path / "blobs"
+    blobs_dir.mkdir()
+    made = make_stream(str(source), out_dir=str(blobs_dir))
+    sd = made.descriptor
+    client = ReflectorClient("127.0.0.1", app.ports["receiver"], timeout=10)
+    client.send_stream(sd.sd_hash, sd.raw, lambda h: (blobs_dir / h).read_bytes())
+
+    def lookup() -> list[str]:
+        out = subprocess.run([sys.executable, "-m", "appliance.cli.prism", "dht", "lookup", sd.sd_hash, "--seeds",
+                              f"127.0.0.1:{dht_port}", "--timeout", "2"], capture_output=True, text=True,
+                             timeout=60, cwd=REPO, env=child_env())
+        return out.stdout.split() if out.returncode == 0 else []
+
+    peers = poll(lookup, 30, "the appliance to announce the sd hash", interval=0.5)
+    assert f"127.0.0.1:{app.ports['tcp_peer']}" in peers
+    host, port = peers[0].rsplit(":", 1)
+    peer = PeerClient(host, int(port), timeout=10)
+    assert peer.get_blob(sd.sd_hash) == sd.raw
+    peer.close()
+    app.wait_for(lambda status: status["dht"].get("held", 0) >= 1, "appliancectl status to show the held hash")
+
+
+def test_an_unknown_hash_is_not_found(appliance):
+    dht_port = free_ports(1)[0]
+    appliance("--dht-port", str(dht_port), "--workers", "1", dht=True)
+    out = subprocess.run([sys.executable, "-m", "appliance.cli.prism", "dht", "lookup", "ab" * 48, "--seeds",
+                          f"127.0.0.1:{dht_port}", "--timeout", "2"], capture_output=True, text=True, timeout=60,
+                         cwd=REPO, env=child_env())
+    assert out.returncode == 1 and out.stdout == ""
