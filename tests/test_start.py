@@ -132,7 +132,8 @@ def assert_contiguous_partition(owner: dict[str, Node], order: list[Node]) -> No
 
 
 def test_three_nodes_divide_the_hashes_and_redivide_when_one_is_killed(tmp_path, mysql_db, s3_bucket, prism_nodes):
-    conf = write_conf(tmp_path, db_conn=mysql_db.dsn, **s3_bucket.config_values())
+    # protected_content_url = "": nothing may reach outside this machine.
+    conf = write_conf(tmp_path, db_conn=mysql_db.dsn, protected_content_url="", **s3_bucket.config_values())
     first = Node(tmp_path / "a", conf, "node-a", seeds=[])
     prism_nodes.append(first)
     for name in ("node-b", "node-c"):
