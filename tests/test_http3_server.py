@@ -178,6 +178,15 @@ def test_request_queue_size_bounds_concurrent_gets(blobs, tmp_path):
     assert counting.max_active == 2
 
 
+def test_gets_beyond_the_waiting_limit_get_503(blobs, tmp_path, monkeypatch):
+    monkeypatch.setattr(h3server, "MAX_WAITING", 1)
+    store, data = blobs
+    h = next(iter(data))
+    with ServerThread(CountingStore(store, delay=0.3), str(tmp_path), queue_size=1) as srv, \
+            H3Probe(srv.port) as probe:
+        assert _send_requests(probe, [f"/get/{h}"] * 3) == [200, 200, 503]  # running, waiting, refused
+
+
 def test_a_client_that_stops_reading_loses_its_slot_after_the_send_timeout(blobs, tmp_path):
     store, data = blobs
     big = next(h for h, p in data.items() if len(p) > 1_000_000)

@@ -53,6 +53,7 @@ LBRYCRD_ADDRESS = "bJxKvpD96kaJLriqVajZ7SaQTsWWyrGQct"
 MISSES_TTL = 300.0
 MISSES_MAX = 2000
 SEND_TIMEOUT = 60.0  # a client must take a whole blob within this long
+MAX_WAITING = 20_000  # GETs waiting for a slot beyond this get 503 (reflector.go's queue held 20,000)
 AUX_THREADS = 16  # /has/, protected-content checks, access reports
 DELIVERY_POLL = 0.02
 _GO_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
@@ -94,6 +95,7 @@ class BlobService:
         self.requests = 0
         self.stopping = False
         self._queue: asyncio.Semaphore | None = None
+        self._waiting = 0
         self._tasks: set[asyncio.Task] = set()
         self._get_pool = ThreadPoolExecutor(self.queue_size, thread_name_prefix="h3-get")
         self.aux_pool = ThreadPoolExecutor(AUX_THREADS, thread_name_prefix="h3-aux")
@@ -152,16 +154,23 @@ class BlobService:
             return
         if self._queue is None:
             self._queue = asyncio.Semaphore(self.queue_size)
+        if self._waiting >= MAX_WAITING:
+            metrics.DOWNLOAD_FAILURES_TOTAL.labels(server="http3", reason="queue_full").inc()
+            conn.respond(stream_id, 503, b"too many requests waiting\n")
+            return
         metrics.HTTP3_QUEUE_SIZE.inc()
+        self._waiting += 1
         queued = True
         try:
             async with self._queue:
                 metrics.HTTP3_QUEUE_SIZE.dec()
+                self._waiting -= 1
                 queued = False
                 await self._send_blob(conn, stream_id, hash_, want_trace)
         finally:
             if queued:  # cancelled while waiting for a slot
                 metrics.HTTP3_QUEUE_SIZE.dec()
+                self._waiting -= 1
 
     async def _send_blob(self, conn: Http3ServerProtocol, stream_id: int, hash_: str, want_trace: bool) -> None:
         try:
@@ -304,7 +313,7 @@ class Http3ServerProtocol(QuicConnectionProtocol):
         except Exception as exc:  # the client reset the stream or the connection is closing
             log.debug("http3: cannot answer on stream %d: %s", stream_id, exc)
             return False
-        self.transmit()
+        self._transmit_soon()  # after the caller's bookkeeping, and coalesced with other responses
         return True
 
     async def delivered(self, stream_id: int, timeout: float) -> bool | None:

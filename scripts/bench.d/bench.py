@@ -161,17 +161,18 @@ def upload_ingest(port: int, tmp: Path) -> float:
     return float(out.stdout.split()[0])
 
 
-def report(name: str, ours: list[float], theirs: list[float] | None, unit: str, goal: float | None) -> dict:
+def report(name: str, ours: list[float], theirs: list[float] | None, unit: str, goal: float | None,
+           baseline: str = "nginx") -> dict:
     mine = statistics.median(ours)
     line = f"{name:<34} ours {mine:10.1f} {unit}"
     result = {"test": name, "ours": ours, "ours_median": mine, "unit": unit}
     if theirs:
         base = statistics.median(theirs)
         ratio = mine / base
-        line += f"   nginx {base:10.1f} {unit}   ratio {ratio:5.2f}"
+        line += f"   {baseline} {base:10.1f} {unit}   ratio {ratio:5.2f}"
         if goal is not None:
             line += f"  (goal >= {goal}: {'met' if ratio >= goal else 'NOT met'})"
-        result.update(nginx=theirs, nginx_median=base, ratio=ratio)
+        result.update({baseline: theirs, f"{baseline}_median": base, "ratio": ratio})
     print(line, flush=True)
     return result
 
@@ -181,7 +182,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=6)
     parser.add_argument("--processes", type=int, default=2, help="our server processes (SO_REUSEPORT)")
-    parser.add_argument("--only", default="a,b,c,d")
+    parser.add_argument("--only", default="a,b,c,d,e")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -228,6 +229,20 @@ def main() -> int:
             for _ in range(args.runs):
                 runs["ours"].append(upload_ingest(ours.ports["receiver"], tmp))
             results.append(report("(d) upload ingest, 200 MB stream", runs["ours"], None, "MB/s", None))
+        if "e" in only:
+            import h3bench
+
+            appliance = h3bench.Appliance(tmp, root, args.processes)
+            try:
+                runs = {"http1": [], "http3": []}
+                for _ in range(args.runs):
+                    runs["http1"].append(wrk_get(appliance.ports["http"], tmp / "paths.txt", tmp / "random.lua",
+                                                 args.seconds) * BLOB_SIZE / 1e6)
+                    runs["http3"].append(h3bench.h3_load(appliance.ports["http3"], tmp / "hashes.txt", args.seconds))
+            finally:
+                appliance.stop()
+            results.append(report("(e) HTTP/3 vs HTTP/1.1 GET 2 MiB, c=32", runs["http3"], runs["http1"], "MB/s",
+                                  None, baseline="HTTP/1.1"))
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1))
     finally:
