@@ -8,7 +8,6 @@ import argparse
 import json
 import os
 import re
-import select
 import shutil
 import signal
 import socket
@@ -102,25 +101,6 @@ class Nginx:
         self.proc.wait(timeout=10)
 
 
-class Ours:
-    def __init__(self, root: Path, processes: int):
-        self.proc = subprocess.Popen(
-            [PYTHON, "-m", "appliance.servers.standalone", "--store", f"disk:{root}", "--http-port", "0",
-             "--peer-port", "0", "--receiver-port", "0", "--processes", str(processes)],
-            stdout=subprocess.PIPE, text=True)
-        if not select.select([self.proc.stdout], [], [], 20)[0]:
-            raise SystemExit("bench: our server did not start")
-        line = self.proc.stdout.readline()
-        if not line.startswith("ready "):
-            raise SystemExit(f"bench: our server did not start: {line!r}")
-        self.ports = json.loads(line[6:])
-        self.port = self.ports["http"]
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=20)
-
-
 def wrk_get(port: int, paths_file: Path, lua: Path, seconds: int) -> float:
     out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", "-s", str(lua), f"http://127.0.0.1:{port}",
                           "--", str(paths_file)], capture_output=True, text=True, check=True).stdout
@@ -181,8 +161,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=6)
-    parser.add_argument("--processes", type=int, default=2, help="our server processes (SO_REUSEPORT)")
-    parser.add_argument("--only", default="a,b,c,d,e")
+    parser.add_argument("--processes", type=int, default=2, help="workers of prism reflector (SO_REUSEPORT)")
+    parser.add_argument("--only", default="a,b,c,d,e,f")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -201,7 +181,9 @@ def main() -> int:
         for h in hashes:  # warm the page cache for both servers
             (root / h[:2] / h).read_bytes()
         nginx = Nginx(tmp, root)
-        ours = Ours(root, args.processes)
+        import scaling
+
+        ours = scaling.Appliance(tmp / "ours", args.processes, "--storage-dir", str(root))
         print(f"bench: nginx on :{nginx.port}, ours on {ours.ports}; {args.runs} runs of {args.seconds} s each",
               flush=True)
         if "a" in only:
@@ -243,6 +225,8 @@ def main() -> int:
                 appliance.stop()
             results.append(report("(e) HTTP/3 vs HTTP/1.1 GET 2 MiB, c=32", runs["http3"], runs["http1"], "MB/s",
                                   None, baseline="HTTP/1.1"))
+        if "f" in only:
+            results += scaling.run(tmp, root, hashes, args.runs, args.seconds)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1))
     finally:

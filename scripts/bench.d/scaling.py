@@ -1,0 +1,169 @@
+"""scripts/bench, issue 4: `prism reflector` as the server under test, and how it scales with its workers.
+
+Appliance(directory, workers, *flags) runs `prism reflector` (supervisor, cache manager, gevent workers) on
+free 127.0.0.1 ports in its own directory, waits until every process is ready, and has .ports
+{"receiver", "peer", "http"} and .port (HTTP). edge_cache_dir() links the benchmark's blobs into a disk-cache
+directory, so an appliance set up as an edge cache (an upstream that is never asked, a disk cache that
+already holds every blob) serves them as cache hits.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from appliance import ipc  # noqa: E402
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class Appliance:
+    def __init__(self, directory: Path, workers: int, *flags: str):
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        receiver, peer, http, metrics = _free_ports(4)
+        self.ports = {"receiver": receiver, "peer": peer, "http": http}
+        self.port = http
+        argv = [sys.executable, "-m", "appliance.cli.prism", "reflector", "--conf", "none", "--listen-address",
+                "127.0.0.1", "--disable-dht", "--disable-http3", "--workers", str(workers),
+                "--receiver-port", str(receiver), "--tcp-peer-port", str(peer), "--http-peer-port", str(http),
+                "--metrics-port", str(metrics), *flags]
+        with open(self.dir / "appliance.log", "wb") as log:
+            self.proc = subprocess.Popen(argv, cwd=self.dir, env={**os.environ, "PYTHONPATH": str(REPO)},
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"bench: prism reflector exited while starting; see {self.dir / 'appliance.log'}")
+            client = ipc.IpcClient(str(self.dir / "run" / "control.sock"), name="control", timeout=5)
+            try:
+                status = client.call("status")
+                if status["state"] == "ready" and all(p["state"] == "ready" for p in status["processes"]):
+                    return
+            except (ipc.IpcError, OSError, TimeoutError):
+                pass
+            finally:
+                client.close()
+            time.sleep(0.1)
+        raise SystemExit(f"bench: prism reflector was not ready within {timeout:g}s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+def edge_cache_dir(root: Path, hashes: list[str], directory: Path) -> Path:
+    """Hard links of the blobs under root in a disk-cache layout (the same files: no copy, one page cache)."""
+    for hash_ in hashes:
+        (directory / hash_[:2]).mkdir(parents=True, exist_ok=True)
+        os.link(root / hash_[:2] / hash_, directory / hash_[:2] / hash_)
+    return directory
+
+
+def edge_cache(tmp: Path, name: str, root: Path, hashes: list[str], workers: int) -> Appliance:
+    """An appliance whose disk cache already holds every blob; its upstream (a closed port) is never asked."""
+    cache = edge_cache_dir(root, hashes, tmp / f"{name}-cache")
+    upstream = _free_ports(1)[0]
+    return Appliance(tmp / name, workers, "--upstream-reflector", f"127.0.0.1:{upstream}", "--upstream-protocol",
+                     "http", "--disk-cache", f"100GB:{cache}:lru")
+
+
+def light_get(port: int, paths_file: Path, seconds: int, connections: int = 32) -> float:
+    """Requests/s of getload.py (keep-alive GETs, bodies discarded in the kernel) against 127.0.0.1:port."""
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("getload.py")), str(port), str(paths_file),
+                          str(seconds), str(connections)], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"bench: getload failed: {out.stderr.strip()[-500:]}")
+    rate, errors = out.stdout.split()
+    if int(errors):
+        raise SystemExit(f"bench: getload saw {errors} error responses from port {port}")
+    return float(rate)
+
+
+def run(tmp: Path, root: Path, hashes: list[str], runs: int, seconds: int) -> list[dict]:
+    """(f): GET of cached 2 MiB blobs, `prism reflector --workers 2` against `--workers 1` (same blobs, same
+    run, alternating), with a light client and with wrk; nginx with 2 and 1 worker processes as the machine's
+    own ceiling for the same client. Returns the report rows."""
+    import bench
+
+    paths, lua = tmp / "paths.txt", tmp / "random.lua"
+    servers = {"w1": edge_cache(tmp, "scaling-w1", root, hashes, 1),
+               "w2": edge_cache(tmp, "scaling-w2", root, hashes, 2)}
+    try:
+        for workers in (1, 2):
+            directory = tmp / f"scaling-nginx{workers}"
+            directory.mkdir()
+            conf = bench.NGINX_CONF.replace("worker_processes 2;", f"worker_processes {workers};")
+            servers[f"nginx{workers}"] = _Nginx(directory, root, conf)
+        light = {name: [] for name in servers}
+        heavy = {"w1": [], "w2": []}
+        for _ in range(runs):
+            for name, server in servers.items():
+                light[name].append(light_get(server.port, paths, seconds))
+            for name in heavy:
+                heavy[name].append(bench.wrk_get(servers[name].port, paths, lua, seconds))
+    finally:
+        for server in servers.values():
+            server.stop()
+    return [_report("(f) 2 vs 1 worker, GET 2 MiB hits", light["w2"], light["w1"], 1.7),
+            _report("(f) same, wrk -t2 -c32 as the client", heavy["w2"], heavy["w1"], None),
+            _report("(f) nginx 2 vs 1 worker, same client", light["nginx2"], light["nginx1"], None)]
+
+
+class _Nginx:
+    def __init__(self, directory: Path, root: Path, conf: str):
+        import bench
+
+        directory.chmod(0o755)
+        self.port = bench.free_port()
+        (directory / "nginx.conf").write_text(conf.format(tmp=directory, port=self.port, root=root))
+        self.proc = subprocess.Popen(["nginx", "-c", str(directory / "nginx.conf"), "-g", "daemon off;"],
+                                     stderr=subprocess.DEVNULL)
+        bench.wait_port(self.port)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGQUIT)
+        self.proc.wait(timeout=10)
+
+
+def _report(name: str, two: list[float], one: list[float], goal: float | None) -> dict:
+    import statistics
+
+    a, b = statistics.median(two), statistics.median(one)
+    line = f"{name:<38} 2 workers {a:8.1f} req/s   1 worker {b:8.1f} req/s   ratio {a / b:5.2f}"
+    if goal is not None:
+        line += f"  (goal >= {goal}: {'met' if a / b >= goal else 'NOT met'})"
+    print(line, flush=True)
+    return {"test": name, "two_workers": two, "one_worker": one, "two_median": a, "one_median": b,
+            "ratio": a / b, "unit": "req/s"}
