@@ -109,8 +109,11 @@ BLOCKLIST_FILE_CHECK = 2.0  # seconds between checks of the state file (a stat; 
 
 def _reload_blocklist(blocklist) -> None:
     if blocklist.state_file is None:
+        # Never lag the refreshing process by more than one of its intervals: a block it has just made
+        # (and purged) must also stop re-uploads here.
+        period = min(BLOCKLIST_DB_RELOAD, blocklist.interval)
         while True:
-            gevent.sleep(BLOCKLIST_DB_RELOAD)
+            gevent.sleep(period)
             blocklist.load()
     seen = None
     while True:
