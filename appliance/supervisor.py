@@ -510,7 +510,8 @@ class Supervisor:
         elif what == "reopen-logs":
             logs.reopen()
             for child in self.children.values():
-                os.kill(child.pid, signal.SIGUSR1)
+                if child.ready:  # USR1's default action kills a child that has not installed its handler yet
+                    os.kill(child.pid, signal.SIGUSR1)
             log.info("log files reopened")
         elif what in ("ttin", "ttou") or what == "workers":
             delta = params if what == "workers" else (1 if what == "ttin" else -1)

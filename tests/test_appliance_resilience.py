@@ -84,6 +84,13 @@ def test_kill_9_of_the_supervisor_takes_every_child_down(appliance):
     app.wait_exit(5)
     poll(lambda: not any(pid_alive(pid) for pid in children), 2, "every child to exit after the supervisor died")
     print(f"children gone {time.monotonic() - killed_at:.2f}s after the supervisor")
+    # The control socket it left behind answers nothing; a new appliance in the same directory replaces it.
+    assert (app.runtime_dir / "control.sock").exists()
+    result = app.ctl("status")
+    assert result.returncode == 1 and "no appliance is running" in result.stderr
+    again = appliance("--workers", "1", name=app.dir.name)
+    assert again.runtime_dir == app.runtime_dir and len(again.pids()) == 2
+    assert again.stop() == 0
 
 
 def test_kill_9_of_the_cache_manager_in_a_chain(appliance, tmp_path):

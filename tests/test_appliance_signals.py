@@ -143,3 +143,21 @@ def test_sd_notify_ready_status_watchdog_reloading_stopping(appliance, tmp_path)
         assert app.wait_exit(30) == 0
     finally:
         notify.close()
+
+
+def test_a_reload_with_a_broken_config_keeps_the_running_one(appliance, tmp_path):
+    conf = tmp_path / "appliance.toml"
+    conf.write_text("mem_cache = 0\n")
+    app = appliance("--workers", "1", "--conf", str(conf))
+    workers = app.worker_pids()
+    for broken, complaint in (("mem_cache = [\n", "cannot parse config file"),
+                              ('disk_cache = "lots:somewhere"\n', "is formatted incorrectly")):
+        conf.write_text(broken)
+        app.signal(signal.SIGHUP)
+        poll(lambda complaint=complaint: complaint in app.log(), 10, f"the reload to refuse: {complaint}")
+        assert app.status()["state"] == "ready" and app.worker_pids() == workers
+    conf.write_text("mem_cache = 16\n")
+    app.signal(signal.SIGHUP)
+    app.wait_for(lambda s: s["config"]["values"]["mem_cache"] == 16 and s["state"] == "ready"
+                 and set(app.worker_pids().values()).isdisjoint(workers.values()), "the good config applied")
+    assert app.stop() == 0

@@ -19,18 +19,13 @@ def run(args: argparse.Namespace) -> int:
 
     if config.log_file:  # the supervisor's own lines go to --log-file too, as its children's do
         logs.setup("prism", verbose_components(args), config.log_file)
-    from appliance.stores.compose import CompositionError, disk_cache_specs
-
-    try:  # fail here, with one line, rather than in every child
-        disk_cache_specs(config)
-        if config.upstream_reflector and config.upstream_protocol not in ("tcp", "http", "http3"):
-            raise CompositionError(f"protocol is not recognized: {config.upstream_protocol}")
-    except CompositionError as exc:
-        raise CommandError(str(exc), 2) from None
+    check(config)
     from appliance.supervisor import Supervisor, SupervisorError
 
     def reload_config() -> cfg.Config:
-        return load_config(args, overrides)
+        new = load_config(args, overrides)
+        check(new)  # a bad edit is refused by HUP as it is at start, and the running config stays
+        return new
 
     supervisor = Supervisor(config, reload_config, verbose_components(args))
     try:
@@ -45,6 +40,18 @@ def run(args: argparse.Namespace) -> int:
         if config.values.get(key):
             _note_once(f"{key} is ignored: the appliance is updated by its package, not by itself")
     return supervisor.run()
+
+
+def check(config: cfg.Config) -> None:
+    """Settings that would make every child fail: one line here (exit 2) rather than a boot error in each."""
+    from appliance.stores.compose import CompositionError, disk_cache_specs
+
+    try:
+        disk_cache_specs(config)
+        if config.upstream_reflector and config.upstream_protocol not in ("tcp", "http", "http3"):
+            raise CompositionError(f"protocol is not recognized: {config.upstream_protocol}")
+    except CompositionError as exc:
+        raise CommandError(str(exc), 2) from None
 
 
 def _note_once(message: str) -> None:
