@@ -258,13 +258,17 @@ class Blocklist:
     def purge(self) -> int:
         """Delete the blobs of blocked streams from every store; returns how many blobs were deleted.
 
-        Each stream is done once per process; a stream whose deletion failed somewhere is retried at the
-        next refresh.
+        Content blobs go first, and the sd blob only once all of them are gone: the stored sd blob (or its
+        database rows) is how a process - a restarted one too - finds the content blobs of a blocked
+        stream, so a purge that fails halfway must not lose it. Each stream is done once per process; a
+        stream whose deletion failed somewhere is retried at the next refresh.
         """
         deleted = 0
         for sd_hash in sorted(self._sd - self._purged):
             ok = True
-            for hash_ in (sd_hash, *self._content.get(sd_hash, ())):
+            for hash_ in (*self._content.get(sd_hash, ()), sd_hash):
+                if not ok and hash_ == sd_hash:
+                    break  # keep the sd blob until its content blobs are gone
                 for store in self.stores:
                     try:
                         if store.has(hash_):

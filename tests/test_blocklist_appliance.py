@@ -152,10 +152,12 @@ def test_mysql_s3_blocked_stream_refused_hidden_then_purged(appliance, mysql_db,
     assert app.stop() == 0
 
     # --- second run, --blocklist-delete: the kept block is purged at start, a new one live ---------------
-    app = appliance(*common, "--blocklist-delete", name="deleting")
+    app = appliance(*common, "--blocklist-delete", "--mem-cache", "100", name="deleting")
     later = make_stream(2, 64 * 1024)
     stats = upload(app, later)
     assert stats.sd_sent and stats.blobs_sent == 2
+    for _ in range(2 * PROBES):  # into the memory tier of both workers
+        assert_served(app, later)
     write_list(listing, [blocked.sd_hash, never_uploaded.sd_hash, later.sd_hash])
 
     poll(lambda: s3_bucket.keys() == set(all_hashes(kept)), 15, "the blocked streams to leave S3")
@@ -203,6 +205,37 @@ def test_local_storage_blocked_stream_kept_in_the_state_file(appliance, http_ser
     assert files_under(storage) == set(all_hashes(kept))
     assert_served(app, kept)
     assert http_server.count("/blocked") >= 2  # both runs asked the local source
+    assert app.stop() == 0
+
+
+def test_a_purge_that_fails_halfway_is_finished_after_a_restart(appliance, tmp_path):
+    storage, state, listing = tmp_path / "blobs", tmp_path / "state", tmp_path / "blocked.txt"
+    write_list(listing, [])
+    common = ("--workers", "1", "--storage-dir", str(storage), "--state-dir", str(state),
+              *blocklist_flags(str(listing)), "--blocklist-delete")
+    app = appliance(*common, name="first")
+    stream = make_stream(3)
+    assert upload(app, stream).sd_sent
+    stuck = list(stream.blobs)[1]  # a blob that cannot be deleted: a directory took its file's place
+    path = storage / stuck[:2] / stuck
+    path.unlink()
+    (path / "busy").mkdir(parents=True)
+
+    write_list(listing, [stream.sd_hash])
+    others = set(stream.blobs) - {stuck}
+    poll(lambda: not files_under(storage) & others, 15, "the deletable content blobs to be purged")
+    poll(lambda: refused_everywhere(app, stream), 15, "the worker to refuse the blocked stream")
+    assert files_under(storage) == {stream.sd_hash, stuck}  # the sd blob stays until its content is gone
+    assert app.stop() == 0
+
+    # Whatever stopped the deletion is gone; a restarted appliance still knows the blob belongs to the
+    # blocked stream (from the sd blob it kept) and finishes the purge.
+    (path / "busy").rmdir()
+    path.rmdir()
+    path.write_bytes(stream.blobs[stuck])
+    app = appliance(*common, name="restarted")
+    poll(lambda: not files_under(storage), 15, "the rest of the blocked stream to be purged")
+    assert refused_everywhere(app, stream)
     assert app.stop() == 0
 
 

@@ -107,14 +107,21 @@ BLOCKLIST_DB_RELOAD = 30.0  # seconds between re-reads of the `blocked` table th
 BLOCKLIST_FILE_CHECK = 2.0  # seconds between checks of the state file (a stat; re-read only when it changed)
 
 
-def _reload_blocklist(blocklist) -> None:
+def _reload_blocklist(blocklist, on_new_block) -> None:
+    """Pick up the blocks the refreshing process keeps; `on_new_block()` after a load that added streams."""
+    def load() -> None:
+        before = blocklist.blocked_streams()
+        blocklist.load()
+        if blocklist.blocked_streams() - before:
+            on_new_block()
+
     if blocklist.state_file is None:
         # Never lag the refreshing process by more than one of its intervals: a block it has just made
         # (and purged) must also stop re-uploads here.
         period = min(BLOCKLIST_DB_RELOAD, blocklist.interval)
         while True:
             gevent.sleep(period)
-            blocklist.load()
+            load()
     seen = None
     while True:
         gevent.sleep(BLOCKLIST_FILE_CHECK)
@@ -125,7 +132,23 @@ def _reload_blocklist(blocklist) -> None:
             current = None
         if current != seen:
             seen = current
-            blocklist.load()
+            load()
+
+
+def _memory_dropper(store: TieredStore, mem_cache: int):
+    """What a worker does on a new block: start its memory tier afresh.
+
+    With --blocklist-delete the refreshing process may purge a stream (and its database rows) before this
+    worker has looked up the stream's content blobs, so they cannot be named here to be refused; the disk
+    caches and the origin no longer have them, but this worker's memory would keep serving them.
+    """
+    def drop() -> None:
+        if store.mem is not None:
+            from appliance.stores.memory import LRUMemoryStore
+
+            store.mem = LRUMemoryStore(mem_cache)
+            log.info("blocklist: new blocked streams; memory tier emptied")
+    return drop
 
 
 def main(ctx: ChildContext) -> int:
@@ -179,7 +202,8 @@ def main(ctx: ChildContext) -> int:
             gevent.sleep(min(1.0, REPORT_INTERVAL))
 
     keeper = gevent.spawn(housekeeping)
-    reloader = gevent.spawn(_reload_blocklist, blocklist) if blocklist is not None else None
+    reloader = gevent.spawn(_reload_blocklist, blocklist, _memory_dropper(store, config.mem_cache)) \
+        if blocklist is not None else None
     log.info("serving %s", ", ".join(type(s).__name__ for s in servers))
     stop.wait()
     graceful_stop(servers, 0.0 if fast.is_set() else config.graceful_timeout, fast)
