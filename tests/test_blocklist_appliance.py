@@ -162,6 +162,9 @@ def test_mysql_s3_blocked_stream_refused_hidden_then_purged(appliance, mysql_db,
 
     poll(lambda: s3_bucket.keys() == set(all_hashes(kept)), 15, "the blocked streams to leave S3")
     poll(lambda: files_under(cache) == set(all_hashes(kept)), 15, "the blocked streams to leave the disk cache")
+    # ...and its index: the cache manager's count and size cover only what is left.
+    app.wait_for(lambda s: s["cache"]["blobs"] == len(all_hashes(kept)), "the cache index to drop purged blobs")
+    assert app.status()["cache"]["used_bytes"] == len(kept.sd_blob) + sum(map(len, kept.blobs.values()))
     assert rows("SELECT hash FROM blob_") == {(h,) for h in all_hashes(kept)}  # rows deleted, not is_stored = 0
     assert rows("SELECT hash FROM stream") == {(kept.sd.stream_hash,)}
     assert len(mysql_db.query("SELECT * FROM stream_blob")) == len(kept.blobs)

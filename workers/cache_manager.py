@@ -35,6 +35,7 @@ from appliance.cache.scan import CacheLoader, blob_path
 from appliance.cache.spec import DiskCacheSpec
 from appliance.scoreboard import READY, STOPPING
 from appliance.stores.compose import CompositionError, disk_cache_specs
+from appliance.stores.disk import DiskStore
 from workers.child import BootError, ChildContext
 
 log = logging.getLogger("cache")
@@ -258,7 +259,7 @@ def main(ctx: ChildContext) -> int:
 
     loaders = [gevent.spawn(_load_in_background, layer) for layer in layers if layer.index.needs_scan]
     refresher_stop = threading.Event()
-    refresher = _start_blocklist_refresher(ctx, refresher_stop)
+    refresher = _start_blocklist_refresher(ctx, refresher_stop, layers)
     stop = Event()
     handlers = [gevent.signal_handler(s, stop.set) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)]
     handlers.append(gevent.signal_handler(signal.SIGUSR1, logs.reopen))
@@ -290,17 +291,29 @@ def main(ctx: ChildContext) -> int:
     return 0
 
 
-def _start_blocklist_refresher(ctx: ChildContext, stop: threading.Event):
+class IndexedCache(DiskStore):
+    """A disk cache as the blocklist purge sees it: a deleted blob leaves the index too, so the cache's size
+    and blob count stay true (the purge runs on this process's hub, like every other index call)."""
+
+    def __init__(self, layer: Layer):
+        super().__init__(layer.root)
+        self.layer = layer
+
+    def delete(self, hash_: str) -> None:
+        super().delete(hash_)
+        self.layer.index.forget(hash_)
+
+
+def _start_blocklist_refresher(ctx: ChildContext, stop: threading.Event, layers: list[Layer]):
     """One process of the appliance refreshes the blocklist (and deletes blocked blobs); workers re-read it."""
     config = ctx.config
     if config.disable_blocklist:
         return None
     from appliance.blocklist import Blocklist
     from appliance.stores.compose import build_origin
-    from appliance.stores.disk import DiskStore
 
     origin = build_origin(config)
-    caches = [DiskStore(spec.path) for spec in disk_cache_specs(config)]
+    caches = [IndexedCache(layer) for layer in layers]
     blocklist = Blocklist.from_config(config, db=origin.database, stores=[origin.store, *caches])
     return gevent.spawn(blocklist.run, stop)
 
