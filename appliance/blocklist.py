@@ -172,11 +172,11 @@ class Blocklist:
             try:
                 new = self._keep(fetched)
             except Exception as exc:  # the database or the state directory
-                log.warning("blocklist: keeping the list failed, applying it in memory for now: %s", exc)
+                log.warning("keeping the list failed, applying it in memory for now: %s", exc)
                 new, ok = fetched - self._sd, False
             self._apply(self._read_kept_or_current() | fetched)
             if ok:
-                log.info("blocklist: %d streams blocked (%d new)", len(self._sd), len(new))
+                log.info("%d streams blocked (%d new)", len(self._sd), len(new))
         if self.delete:
             self.purge()
         return ok
@@ -190,7 +190,7 @@ class Blocklist:
         try:
             return self._read_kept()
         except Exception as exc:
-            log.warning("blocklist: reading the kept list failed, using the one in memory: %s", exc)
+            log.warning("reading the kept list failed, using the one in memory: %s", exc)
             return set(self._sd)
 
     def _read_kept(self) -> set[str]:
@@ -225,7 +225,7 @@ class Blocklist:
                 unknown = todo - known.keys()
                 to_read = self.db.has_blobs(unknown) if unknown else set()  # stored sd blobs, no stream rows
             except DatabaseError as exc:
-                log.warning("blocklist: looking up blocked streams failed, trying again later: %s", exc)
+                log.warning("looking up blocked streams failed, trying again later: %s", exc)
                 return
         for sd_hash in to_read:
             content = self._read_sd(sd_hash)
@@ -245,7 +245,7 @@ class Blocklist:
             except BlobNotFound:
                 continue
             except Exception as exc:
-                log.warning("blocklist: reading sd blob %s from %s failed: %s", sd_hash[:8], store.name, exc)
+                log.warning("reading sd blob %s from %s failed: %s", sd_hash[:8], store.name, exc)
                 failed = True
                 continue
             try:
@@ -276,11 +276,11 @@ class Blocklist:
                             deleted += 1
                     except Exception as exc:
                         ok = False
-                        log.warning("blocklist: deleting %s from %s failed: %s", hash_[:8], store.name, exc)
+                        log.warning("deleting %s from %s failed: %s", hash_[:8], store.name, exc)
             if ok:
                 self._purged.add(sd_hash)
         if deleted:
-            log.info("blocklist: deleted %d blobs of blocked streams", deleted)
+            log.info("deleted %d blobs of blocked streams", deleted)
         return deleted
 
     def run(self, stop: threading.Event) -> None:
