@@ -142,6 +142,8 @@ SETTINGS: list[Setting] = [
     S("protected_fail_closed", "bool", False,
       "refuse protected-capable downloads when the list cannot be fetched (reflector.go fails open)",
       "protected"),
+    S("protected_content_timeout", "float", 10.0,
+      "seconds to wait for the protected content list (reflector.go waits forever)", "protected"),
 ]
 del S
 

@@ -59,8 +59,8 @@ def build_stores(ctx: ChildContext):
             from appliance.protected import ProtectedContent
         except ImportError:
             ProtectedContent = None
-        if ProtectedContent is not None:
-            protected = ProtectedContent(config.protected_content_url, fail_closed=config.protected_fail_closed)
+        if ProtectedContent is not None:  # one list for every worker: one fetch per 2 minutes in all
+            protected = ProtectedContent.from_config(config, shared=os.path.join(ctx.runtime_dir, "protected.json"))
     return store, origin.store, protected, manager, blocklist
 
 
