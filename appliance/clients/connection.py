@@ -10,6 +10,9 @@ from appliance.protocol.framing import JsonFramer
 RECV_SIZE = 256 * 1024
 
 
+
+CONNECT_TIMEOUT = 5.0
+
 class ConnectFailed(ConnectionError):
     """The server could not be reached (refused, unreachable, timed out)."""
 
@@ -26,9 +29,11 @@ class Connection:
         self.timeout = timeout
         self.framer = framer
         try:
-            self.sock = socket.create_connection((host, port), timeout=timeout)
+            # Connecting gets a shorter deadline: a peer that accepts nothing is not worth a full timeout.
+            self.sock = socket.create_connection((host, port), timeout=min(CONNECT_TIMEOUT, timeout))
         except TimeoutError:
-            raise ConnectFailed(f"cannot connect to {self.address}: i/o timeout after {timeout:g}s") from None
+            raise ConnectFailed(f"cannot connect to {self.address}: i/o timeout after "
+                                f"{min(CONNECT_TIMEOUT, timeout):g}s") from None
         except OSError as exc:
             raise ConnectFailed(f"cannot connect to {self.address}: {exc.strerror or exc}") from None
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

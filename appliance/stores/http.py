@@ -12,6 +12,8 @@ from appliance.errors import BlobNotFound, OriginError
 from appliance.stores.base import Blob, BlobStore
 from appliance.trace import Trace
 
+CONNECT_TIMEOUT = 5.0
+
 
 class HttpStore(BlobStore):
     """Read-only: `HEAD`/`GET {upstream}/blob?hash=`; every fetched blob's SHA-384 is verified.
@@ -62,7 +64,9 @@ class HttpStore(BlobStore):
 
     def _request(self, method: str, hash_: str, params: dict) -> requests.Response:
         try:
-            return self.session.request(method, f"{self.base}/blob", params=params, timeout=self.timeout)
+            # A short connect timeout: an upstream that accepts nothing must not hold a miss for 30 s.
+            return self.session.request(method, f"{self.base}/blob", params=params,
+                                        timeout=(min(CONNECT_TIMEOUT, self.timeout), self.timeout))
         except requests.Timeout as exc:
             raise OriginError(f"upstream {self.upstream}: i/o timeout ({hash_[:8]})") from exc
         except requests.RequestException as exc:
