@@ -113,6 +113,27 @@ def test_http3_role_serves_reports_and_stops_gracefully(tmp_path):
             assert probe.request(f"/get/{blob_hash(payloads[1])}")[::2] == (200, payloads[1])
 
 
+def test_blocklisted_streams_are_not_served_over_http3(tmp_path):
+    source = tmp_path / "blocked.bin"
+    source.write_bytes(os.urandom(3000))
+    made = tmp_path / "made"
+    made.mkdir()
+    descriptor = make_stream(str(source), out_dir=str(made)).descriptor
+    storage = DiskStore(str(tmp_path / "blobs"))
+    for path in made.iterdir():
+        storage.put(path.name, path.read_bytes())
+    other = os.urandom(100)
+    storage.put(blob_hash(other), other)
+    blocklist = tmp_path / "blocked.txt"
+    blocklist.write_text(descriptor.sd_hash + "\n")
+    content = descriptor.content_blobs[0].blob_hash
+    with Appliance(tmp_path, blocklist=blocklist) as app, H3Probe(app.ports["http3"]) as probe:
+        wait_for(lambda: probe.request(f"/has/{content}")[0] == 404, 10, "the block to reach the http3 role")
+        assert probe.request(f"/get/{descriptor.sd_hash}")[::2] == (404, b"blob not found\n")
+        assert probe.request(f"/get/{content}")[0] == 404
+        assert probe.request(f"/get/{blob_hash(other)}")[::2] == (200, other)
+
+
 @pytest.mark.parametrize("flags,needle", [
     (["--http3-cert", "/nonexistent/cert.pem"], "http3_cert /nonexistent/cert.pem: No such file or directory"),
     (["--http3-key", "/nonexistent/key.pem"], "http3_key is set but http3_cert is not"),

@@ -223,7 +223,7 @@ class ServerThread:
 class Appliance:
     """`prism reflector` on free 127.0.0.1 ports under `tmp`; use as a context manager."""
 
-    def __init__(self, tmp: Path, *extra: str, workers: int = 1):
+    def __init__(self, tmp: Path, *extra: str, workers: int = 1, blocklist: Path | None = None):
         self.tmp = tmp
         self.ports = {"receiver": free_tcp_port(), "peer": free_tcp_port(), "http": free_tcp_port(),
                       "metrics": free_tcp_port(), "http3": free_udp_port()}
@@ -231,7 +231,8 @@ class Appliance:
         self.log = tmp / "appliance.log"
         self.args = [sys.executable, "-m", "appliance.cli.prism", "reflector", "--conf", "none", "--disable-dht",
                      "--workers", str(workers), "--listen-address", "127.0.0.1", "--use-db=false",
-                     "--disable-blocklist", "--protected-content-url", "",
+                     *(["--blocklist-source", str(blocklist)] if blocklist else ["--disable-blocklist"]),
+                     "--protected-content-url", "",
                      "--receiver-port", str(self.ports["receiver"]), "--tcp-peer-port", str(self.ports["peer"]),
                      "--http-peer-port", str(self.ports["http"]), "--metrics-port", str(self.ports["metrics"]),
                      "--http3-peer-port", str(self.ports["http3"]), "--runtime-dir", str(self.runtime),

@@ -6,6 +6,8 @@ caches, then local storage, straight from the files; a miss asks the cache manag
 lease, fetches from the origin, verifies it, writes it into the disk caches and reports back. That is
 simpler than a second, asyncio implementation of the same protocol, and it keeps one copy of the rules.
 The memory cache is left out: it is per process and this role is not where hot blobs are served.
+Blocklisted streams are not served: the cache manager keeps the list current, and this role re-reads it
+(the state file within 2 s of a change, the database's table every 30 s) as the workers do.
 
 Signals: TERM graceful (new requests get 503, responses in flight finish up to graceful_timeout,
 exit 0), INT/QUIT fast, USR1 reopen logs. The heartbeat runs on the event loop every second, so a
@@ -19,6 +21,7 @@ import os
 import signal
 
 from appliance import logs
+from appliance.blocklist import Blocklist, BlocklistError
 from appliance.http3.quic import server_configuration
 from appliance.http3.server import BlobService, start_server
 from appliance.http3.tls import CertificateError, ServerCertificate, load_configured, load_or_create
@@ -29,6 +32,9 @@ from appliance.stores.tiered import REPORT_INTERVAL, CacheManagerClient, TieredS
 from workers.child import BootError, ChildContext
 
 log = logging.getLogger("http3")
+
+BLOCKLIST_FILE_CHECK = 2.0  # seconds between checks of the blocklist state file (a stat)
+BLOCKLIST_DB_RELOAD = 30.0  # seconds between re-reads of the database's `blocked` table
 
 
 def certificate(ctx: ChildContext) -> ServerCertificate:
@@ -44,15 +50,24 @@ def certificate(ctx: ChildContext) -> ServerCertificate:
         raise BootError(str(exc)) from None
 
 
-def build_store(ctx: ChildContext) -> tuple[TieredStore, CacheManagerClient | None]:
+def build_store(ctx: ChildContext) -> tuple[TieredStore, CacheManagerClient | None, Blocklist | None]:
+    config = ctx.config
     try:
-        origin = build_origin(ctx.config)
-        specs = disk_cache_specs(ctx.config)
-    except (CompositionError, ValueError) as exc:
+        origin = build_origin(config)
+        specs = disk_cache_specs(config)
+        caches = [DiskStore(spec.path) for spec in specs]
+        blocklist = None
+        if not config.disable_blocklist:
+            blocklist = Blocklist.from_config(config, db=origin.database, stores=[origin.store, *caches])
+            blocklist.load()
+    except (CompositionError, BlocklistError, ValueError) as exc:
         raise BootError(str(exc)) from None
-    caches = [DiskStore(spec.path) for spec in specs]
+    except OSError as exc:  # a storage or cache directory that cannot be created
+        raise BootError(f"cannot use {exc.filename}: {exc.strerror}") from None
     manager = CacheManagerClient(ctx.socket_path("cache")) if caches else None
-    return TieredStore(origin.store, local=origin.local, caches=caches, manager=manager), manager
+    store = TieredStore(origin.store, local=origin.local, caches=caches, manager=manager,
+                        blocked=blocklist.is_blocked if blocklist is not None else None)
+    return store, manager, blocklist
 
 
 def protected_content(ctx: ChildContext):
@@ -70,18 +85,18 @@ def main(ctx: ChildContext) -> int:
     if not {"all", "http3"} & set(ctx.verbose):
         logging.getLogger("quic").setLevel(logging.WARNING)  # aioquic logs every handshake at INFO
     cert = certificate(ctx)
-    store, manager = build_store(ctx)
+    store, manager, blocklist = build_store(ctx)
     service = BlobService(store, queue_size=ctx.config.request_queue_size, protected=protected_content(ctx),
                           edge_token=ctx.config.upstream_edge_token)
     try:
-        return asyncio.run(_serve(ctx, service, manager, cert))
+        return asyncio.run(_serve(ctx, service, manager, blocklist, cert))
     finally:
         service.shutdown_pools()
         store.shutdown()
 
 
 async def _serve(ctx: ChildContext, service: BlobService, manager: CacheManagerClient | None,
-                 cert: ServerCertificate) -> int:
+                 blocklist: Blocklist | None, cert: ServerCertificate) -> int:
     config = ctx.config
     loop = asyncio.get_running_loop()
     host, port = config.listen_address or "0.0.0.0", config.http3_peer_port
@@ -116,6 +131,7 @@ async def _serve(ctx: ChildContext, service: BlobService, manager: CacheManagerC
             await asyncio.sleep(min(1.0, REPORT_INTERVAL))
 
     keeper = loop.create_task(housekeeping())
+    reloader = loop.create_task(_reload_blocklist(blocklist, service.aux_pool)) if blocklist is not None else None
     log.info("serving HTTP/3 on %s:%d/udp (certificate %s, sha256 %s)", host, port, cert.source, cert.fingerprint)
     await stop.wait()
     ctx.post(STOPPING, status())
@@ -132,10 +148,39 @@ async def _serve(ctx: ChildContext, service: BlobService, manager: CacheManagerC
     await asyncio.sleep(0.05)  # let the transport flush the close frames
     server.close()
     keeper.cancel()
+    if reloader is not None:
+        reloader.cancel()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1):
         loop.remove_signal_handler(sig)
     log.info("stopped (%d requests served)", service.requests)
     return 0
+
+
+async def _reload_blocklist(blocklist: Blocklist, pool) -> None:
+    """Pick up the blocks the cache manager keeps: a changed state file, or the database table periodically."""
+    loop = asyncio.get_running_loop()
+    seen = _file_version(blocklist.state_file)
+    while True:
+        if blocklist.state_file is None:
+            await asyncio.sleep(min(BLOCKLIST_DB_RELOAD, blocklist.interval))
+        else:
+            await asyncio.sleep(BLOCKLIST_FILE_CHECK)
+            current = _file_version(blocklist.state_file)
+            if current == seen:
+                continue
+            seen = current
+        try:
+            await loop.run_in_executor(pool, blocklist.load)
+        except Exception as exc:  # what is known stays blocked; try again next time
+            log.warning("cannot reload the blocklist: %s", exc)
+
+
+def _file_version(path: str | None) -> tuple | None:
+    try:
+        stat = os.stat(path) if path else None
+    except FileNotFoundError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino) if stat else None
 
 
 def _flush_quietly(manager: CacheManagerClient) -> None:
