@@ -2,15 +2,17 @@
 
 Appliance(directory, workers, *flags) runs `prism reflector` (supervisor, cache manager, gevent workers) on
 free 127.0.0.1 ports in its own directory, waits until every process is ready, and has .ports
-{"receiver", "peer", "http"} and .port (HTTP). edge_cache_dir() links the benchmark's blobs into a disk-cache
-directory, so an appliance set up as an edge cache (an upstream that is never asked, a disk cache that
-already holds every blob) serves them as cache hits.
+{"receiver", "peer", "http"} and .port (HTTP). run() is section (f): the appliances there are edge caches (an
+upstream that is never asked, a disk cache that already holds every blob: edge_cache_dir() hard-links the
+benchmark's blobs into it), so every GET is a cache hit.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -21,6 +23,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from appliance import ipc  # noqa: E402
+
+SMALL_BLOBS, SMALL_SIZE = 200, 4096
 
 
 def _free_ports(n: int) -> list[int]:
@@ -91,14 +95,6 @@ def edge_cache_dir(root: Path, hashes: list[str], directory: Path) -> Path:
     return directory
 
 
-def edge_cache(tmp: Path, name: str, root: Path, hashes: list[str], workers: int) -> Appliance:
-    """An appliance whose disk cache already holds every blob; its upstream (a closed port) is never asked."""
-    cache = edge_cache_dir(root, hashes, tmp / f"{name}-cache")
-    upstream = _free_ports(1)[0]
-    return Appliance(tmp / name, workers, "--upstream-reflector", f"127.0.0.1:{upstream}", "--upstream-protocol",
-                     "http", "--disk-cache", f"100GB:{cache}:lru")
-
-
 def light_get(port: int, paths_file: Path, seconds: int, connections: int = 32, processes: int = 2) -> float:
     """Requests/s of getload.py (keep-alive GETs, bodies discarded in the kernel) against 127.0.0.1:port,
     `connections` in all over `processes` client processes."""
@@ -119,33 +115,55 @@ def light_get(port: int, paths_file: Path, seconds: int, connections: int = 32, 
 
 
 def run(tmp: Path, root: Path, hashes: list[str], runs: int, seconds: int) -> list[dict]:
-    """(f): GET of cached 2 MiB blobs, `prism reflector --workers 2` against `--workers 1` (same blobs, same
-    run, alternating), with a light client and with wrk; nginx with 2 and 1 worker processes as the machine's
-    own ceiling for the same client. Returns the report rows."""
+    """(f): GET of cached blobs, `prism reflector --workers 2` against `--workers 1` (same blobs, same run,
+    alternating). 2 MiB hits with the light client, next to nginx with 2 and 1 worker processes on the same
+    client (the machine's own ceiling: on 2 cores the kernel's loopback TCP work and the client share the
+    cores with the server); then 4 KiB hits with wrk, where the server's own work dominates. Report rows."""
     import bench
 
-    paths, lua = tmp / "paths.txt", tmp / "random.lua"
-    servers = {"w1": edge_cache(tmp, "scaling-w1", root, hashes, 1),
-               "w2": edge_cache(tmp, "scaling-w2", root, hashes, 2)}
+    small = _small_blobs(tmp / "scaling-small", SMALL_BLOBS, SMALL_SIZE)
+    (tmp / "scaling-small.txt").write_text("".join(f"/blob?hash={h}\n" for h in small))
+    servers = {}
     try:
+        for workers in (1, 2):
+            cache = edge_cache_dir(root, hashes, tmp / f"scaling-w{workers}-cache")
+            edge_cache_dir(tmp / "scaling-small", small, cache)
+            upstream = _free_ports(1)[0]  # never asked: every blob is a hit
+            servers[f"w{workers}"] = Appliance(tmp / f"scaling-w{workers}", workers, "--upstream-reflector",
+                                               f"127.0.0.1:{upstream}", "--upstream-protocol", "http",
+                                               "--disk-cache", f"100GB:{cache}:lru")
         for workers in (1, 2):
             directory = tmp / f"scaling-nginx{workers}"
             directory.mkdir()
             conf = bench.NGINX_CONF.replace("worker_processes 2;", f"worker_processes {workers};")
             servers[f"nginx{workers}"] = _Nginx(directory, root, conf)
-        light = {name: [] for name in servers}
-        heavy = {"w1": [], "w2": []}
+        big = {name: [] for name in servers}
+        tiny = {"w1": [], "w2": []}
         for _ in range(runs):
             for name, server in servers.items():
-                light[name].append(light_get(server.port, paths, seconds))
-            for name in heavy:
-                heavy[name].append(bench.wrk_get(servers[name].port, paths, lua, seconds))
+                big[name].append(light_get(server.port, tmp / "paths.txt", seconds))
+            for name in tiny:
+                tiny[name].append(bench.wrk_get(servers[name].port, tmp / "scaling-small.txt", tmp / "random.lua",
+                                                seconds))
     finally:
         for server in servers.values():
             server.stop()
-    return [_report("(f) 2 vs 1 worker, GET 2 MiB hits", light["w2"], light["w1"], 1.7),
-            _report("(f) same, wrk -t2 -c32 as the client", heavy["w2"], heavy["w1"], None),
-            _report("(f) nginx 2 vs 1 worker, same client", light["nginx2"], light["nginx1"], None)]
+    share = statistics.median(big["w1"]) / statistics.median(big["nginx2"])
+    print(f"(f) 1 worker of ours serves {100 * share:.0f}% of what nginx serves with 2 on this machine", flush=True)
+    return [_report("(f) GET 2 MiB hits, 2 vs 1 worker", big["w2"], big["w1"], 1.7),
+            _report("(f) nginx, 2 vs 1 worker, same client", big["nginx2"], big["nginx1"], None),
+            _report(f"(f) GET {SMALL_SIZE // 1024} KiB hits, wrk, 2 vs 1 worker", tiny["w2"], tiny["w1"], 1.7)]
+
+
+def _small_blobs(root: Path, count: int, size: int) -> list[str]:
+    hashes = []
+    for _ in range(count):
+        data = os.urandom(size)
+        hash_ = hashlib.sha384(data).hexdigest()
+        (root / hash_[:2]).mkdir(parents=True, exist_ok=True)
+        (root / hash_[:2] / hash_).write_bytes(data)
+        hashes.append(hash_)
+    return hashes
 
 
 class _Nginx:
@@ -165,8 +183,6 @@ class _Nginx:
 
 
 def _report(name: str, two: list[float], one: list[float], goal: float | None) -> dict:
-    import statistics
-
     a, b = statistics.median(two), statistics.median(one)
     line = f"{name:<38} 2 workers {a:8.1f} req/s   1 worker {b:8.1f} req/s   ratio {a / b:5.2f}"
     if goal is not None:
