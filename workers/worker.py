@@ -33,11 +33,16 @@ def build_stores(ctx: ChildContext):
     try:
         origin = build_origin(config)
         specs = disk_cache_specs(config)
-        caches = [DiskStore(spec.path) for spec in specs]
     except (CompositionError, ValueError) as exc:
         raise BootError(str(exc)) from None
-    except OSError as exc:  # a storage or cache directory that cannot be created: no point in respawning
+    except OSError as exc:  # a storage directory that cannot be created: no point in respawning
         raise BootError(f"cannot use {exc.filename}: {exc.strerror}") from None
+    caches = []
+    for spec in specs:
+        try:
+            caches.append(DiskStore(spec.path))
+        except OSError as exc:  # worded as the cache manager words it: whichever process fails first says it
+            raise BootError(f"cannot create the disk cache directory {spec.path}: {exc.strerror}") from None
     mem = None
     if config.mem_cache > 0:
         from appliance.stores.memory import LRUMemoryStore
