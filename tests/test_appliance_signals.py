@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import signal
 import socket
+import statistics
 import threading
 import time
 
@@ -125,8 +126,8 @@ def test_sd_notify_ready_status_watchdog_reloading_stopping(appliance, tmp_path)
         notify.wait("WATCHDOG", "1", after=ready + 3.5, timeout=10)  # three and a half seconds of pings
         pings = [t for t, f in notify.snapshot() if f.get("WATCHDOG") == "1" and ready <= t <= ready + 3.5]
         gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
-        # Half of WATCHDOG_USEC (1 s); never anywhere near the 2 s after which systemd would kill us.
-        assert len(pings) >= 3 and all(0.5 <= gap <= 1.6 for gap in gaps), gaps
+        # About every second (half of WATCHDOG_USEC), and never as late as the 2 s after which systemd kills.
+        assert len(pings) >= 3 and 0.8 <= statistics.median(gaps) <= 1.4 and all(0.5 <= g < 2 for g in gaps), gaps
 
         hup = time.monotonic()
         app.signal(signal.SIGHUP)
