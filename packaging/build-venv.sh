@@ -40,6 +40,12 @@ if [ "${_BUILD_VENV_NAMESPACE:-}" != 1 ]; then
   namespace=(unshare --mount --propagation private)
   # Without root, a user namespace maps us to root in it, which may mount an overlay (Linux >= 5.11).
   [ "$(id -u)" = 0 ] || namespace=(unshare --user --map-root-user --mount --propagation private)
+  # What `prism version` prints: the installed venv has no git checkout to ask.
+  git_or_unknown() { git -C "$src" "$@" 2>/dev/null || echo unknown; }
+  BUILD_INFO=$(printf '{"branch": "%s", "commit": "%s", "commit long": "%s", "build date": "%s"}' \
+    "$(git_or_unknown rev-parse --abbrev-ref HEAD)" "$(git_or_unknown rev-parse --short=7 HEAD)" \
+    "$(git_or_unknown rev-parse HEAD)" "$(date -u '+%Y-%m-%d %H:%M:%S +0000 UTC')")
+  export BUILD_INFO
   _BUILD_VENV_NAMESPACE=1 "${namespace[@]}" "$SELF" "$scratch/src" "$out" "$scratch"
   exit 0
 fi
@@ -58,3 +64,4 @@ fi
 rm -rf "$out/venv"
 mkdir -p "$out"
 cp -a "$FINAL" "$out/venv"
+printf '%s\n' "${BUILD_INFO:-{\}}" > "$out/venv/build-info.json"

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
+import sys
 from pathlib import Path
 
 from appliance import __version__
@@ -17,7 +19,19 @@ def _git(*args: str) -> str:
         return "unknown"
 
 
+def _build_info() -> dict[str, str]:
+    """Written into an installed venv by packaging/build-venv.sh (no git checkout there to ask)."""
+    try:
+        return json.loads((Path(sys.prefix) / "build-info.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def version_info() -> dict[str, str]:
+    built = _build_info()
+    if built:
+        return {"Name": "prism-bin", "Version": __version__,
+                **{k: built.get(k, "unknown") for k in ("branch", "commit", "commit long", "build date")}}
     return {
         "Name": "prism-bin",
         "Version": __version__,
