@@ -552,12 +552,14 @@ class Supervisor:
         self.replace_queue = sorted({c.index for c in self.children.values() if c.role == "worker"})
 
     def _restart_roles_with_changed_config(self, old: dict[str, Any]) -> None:
-        groups = {"cache-manager": ("cache", "origin", "storage", "database"), "dht": ("dht",),
-                  "http3": ("http3", "protected")}
+        # Which settings each long-lived role reads (workers are always replaced on reload).
+        groups = {"cache-manager": ("cache", "origin", "storage", "database", "blocklist"), "dht": ("dht",),
+                  "http3": ("http3", "protected", "cache", "origin", "storage", "database", "blocklist")}
+        always = ("storage_dir", "cache_dir", "state_dir", "request_queue_size")
         from appliance.config import BY_KEY
 
         for role, setting_groups in groups.items():
-            keys = [k for k, s in BY_KEY.items() if s.group in setting_groups or k in ("storage_dir", "cache_dir")]
+            keys = [k for k, s in BY_KEY.items() if s.group in setting_groups or k in always]
             if any(old.get(k) != self.config.values.get(k) for k in keys):
                 for child in [c for c in self.children.values() if c.role == role and not c.retiring]:
                     log.info("reload: restarting %s for its new settings", role)
