@@ -21,7 +21,6 @@ import json
 import logging
 import socket
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote_plus
@@ -44,40 +43,18 @@ from appliance.blob import is_valid_hash
 from appliance.errors import BlobNotFound
 from appliance.http3.quic import HANDSHAKE_TIMEOUT, stream_delivered
 from appliance.http3.udp import BatchedDatagramTransport
+from appliance.misses import MissesCache
 from appliance.stores.base import BlobStore
 from appliance.trace import Trace
 
 log = logging.getLogger("http3")
 
 LBRYCRD_ADDRESS = "bJxKvpD96kaJLriqVajZ7SaQTsWWyrGQct"
-MISSES_TTL = 300.0
-MISSES_MAX = 2000
 SEND_TIMEOUT = 60.0  # a client must take a whole blob within this long
 MAX_WAITING = 20_000  # GETs waiting for a slot beyond this get 503 (reflector.go's queue held 20,000)
 AUX_THREADS = 16  # /has/, protected-content checks, access reports
 DELIVERY_POLL = 0.02
 _GO_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
-
-
-class MissesCache:
-    """Hashes recently not found, each remembered for `ttl` seconds; at most `max_size` of them."""
-
-    def __init__(self, ttl: float = MISSES_TTL, max_size: int = MISSES_MAX):
-        self.ttl, self.max_size = ttl, max_size
-        self._expiry: OrderedDict[str, float] = OrderedDict()
-
-    def __contains__(self, hash_: str) -> bool:
-        expiry = self._expiry.get(hash_)
-        if expiry is not None and expiry <= time.monotonic():
-            del self._expiry[hash_]
-            return False
-        return expiry is not None
-
-    def add(self, hash_: str) -> None:
-        self._expiry[hash_] = time.monotonic() + self.ttl
-        self._expiry.move_to_end(hash_)
-        while len(self._expiry) > self.max_size:
-            self._expiry.popitem(last=False)
 
 
 class BlobService:

@@ -11,7 +11,6 @@ import hmac
 import logging
 import socket
 import time
-from collections import OrderedDict
 from email.utils import formatdate
 from urllib.parse import unquote_plus
 
@@ -20,6 +19,7 @@ from gevent.lock import Semaphore
 from appliance import metrics
 from appliance.blob import is_valid_hash
 from appliance.errors import BlobNotFound
+from appliance.misses import MissesCache
 from appliance.servers.base import GeventServer
 from appliance.servers.sendfile import send_blob
 from appliance.trace import Trace
@@ -27,8 +27,6 @@ from appliance.trace import Trace
 log = logging.getLogger("http")
 
 MAX_HEADER_BYTES = 8192
-MISSES_TTL = 300.0
-MISSES_MAX = 2000
 
 _REASONS = {200: b"OK", 204: b"No Content", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found",
             405: b"Method Not Allowed", 408: b"Request Timeout", 431: b"Request Header Fields Too Large",
@@ -52,32 +50,6 @@ class _Date:
         if now != self.second:
             self.second, self.value = now, formatdate(now, usegmt=True).encode()
         return self.value
-
-
-class MissesCache:
-    """Hashes recently not found, each remembered for `ttl` seconds; at most `max_size` of them."""
-
-    def __init__(self, ttl: float = MISSES_TTL, max_size: int = MISSES_MAX):
-        self.ttl, self.max_size = ttl, max_size
-        self._expiry: OrderedDict[str, float] = OrderedDict()
-
-    def __contains__(self, hash_: str) -> bool:
-        expiry = self._expiry.get(hash_)
-        if expiry is None:
-            return False
-        if expiry > time.monotonic():
-            return True
-        del self._expiry[hash_]
-        return False
-
-    def add(self, hash_: str) -> None:
-        self._expiry[hash_] = time.monotonic() + self.ttl
-        self._expiry.move_to_end(hash_)
-        while len(self._expiry) > self.max_size:
-            self._expiry.popitem(last=False)
-
-    def discard(self, hash_: str) -> None:
-        self._expiry.pop(hash_, None)
 
 
 class HttpServer(GeventServer):
