@@ -24,7 +24,6 @@ from workers.child import BootError, ChildContext
 
 log = logging.getLogger("worker")
 
-LINGER = 1.0  # seconds a graceful stop waits for accepted connections that have not sent a request yet
 
 
 def build_stores(ctx: ChildContext):
@@ -85,27 +84,18 @@ def _announcer(ctx: ChildContext):
 
 
 def graceful_stop(servers: list, timeout: float, fast: Event) -> None:
-    """Stop in two phases, within `timeout` seconds in all (cut short when `fast` is set).
+    """Stop accepting, then wait (within `timeout`, cut short when `fast` is set) until every request in
+    progress is done and every connection accepted before the stop has had its first request served.
 
-    1. Stop accepting, but leave keep-alive alone for up to LINGER seconds, until no connection is open: a
-       connection accepted just before the stop may not have sent (or its handler read) its first request
-       yet. It is neither busy nor served, and with `stopping` set its handler would close it unanswered.
-    2. Set `stopping` (keep-alive connections close after their current request) and wait for every request
-       in progress; the caller then closes what is left (idle keep-alive connections).
+    Keep-alive connections close after their current request; the caller then closes what is left
+    (idle keep-alive connections).
     """
-    now = time.monotonic()
-    deadline, linger = now + timeout, now + min(timeout, LINGER)
+    deadline = time.monotonic() + timeout
     for server in servers:
         server.stop_accepting()
-        server.stopping = False  # phase 1: no new connections, but every accepted one gets its request served
-    while not fast.is_set() and now < linger and any(server.connections for server in servers):
+    while not fast.is_set() and time.monotonic() < deadline and (
+            any(server.fresh for server in servers) or not all(server.wait_idle(0) for server in servers)):
         fast.wait(0.02)
-        now = time.monotonic()
-    for server in servers:
-        server.stopping = True
-    while not fast.is_set() and now < deadline and not all(server.wait_idle(0) for server in servers):
-        fast.wait(0.02)
-        now = time.monotonic()
 
 
 BLOCKLIST_DB_RELOAD = 30.0  # seconds between re-reads of the `blocked` table the cache manager keeps current

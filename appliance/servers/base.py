@@ -47,9 +47,10 @@ class _Busy:
 class GeventServer:
     """Base of the three blob servers; subclasses implement `handle(sock, address)`.
 
-    `handle` wraps each request (not the idle wait before it) in `with self.busy:` and returns when the
-    connection should close; the base closes the socket. `stopping` is set by stop_accepting(): a
-    keep-alive handler finishes the request in progress and then closes the connection.
+    `handle` loops `while self.serving(sock):`, wraps each request (not the idle wait before it) in
+    `with self.begin(sock):` and returns when the connection should close; the base closes the socket.
+    `stopping` is set by stop_accepting(): a keep-alive handler finishes the request in progress and then
+    closes the connection, but a connection's first request is always served.
     """
 
     name = "server"
@@ -63,6 +64,7 @@ class GeventServer:
         self._idle = Event()
         self._idle.set()
         self._sockets: dict = {}  # greenlet -> client socket
+        self._fresh: set = set()  # connections that have not started their first request
         self._server: StreamServer | None = None
         self._gauge = metrics.CONNECTIONS.labels(server=self.name)
         self.busy = _Busy(self)
@@ -91,6 +93,21 @@ class GeventServer:
         if self._server is not None:
             self._server.stop_accepting()
 
+    @property
+    def fresh(self) -> int:
+        """Connections accepted but not yet into their first request: a graceful stop waits for them."""
+        return len(self._fresh)
+
+    def serving(self, sock) -> bool:
+        """Whether a connection takes another request: its first one always (it was accepted before any
+        stop, and closing it unanswered would fail a client), later ones only while not stopping."""
+        return sock in self._fresh or not self.stopping
+
+    def begin(self, sock) -> _Busy:
+        """`with server.begin(sock):` around each request: marks it in progress (see `busy`)."""
+        self._fresh.discard(sock)
+        return self.busy
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """True once no connection is in the middle of a request or transfer (idle keep-alives don't count)."""
         return self._idle.wait(timeout)
@@ -115,6 +132,7 @@ class GeventServer:
     def _serve(self, sock, address) -> None:
         current = gevent.getcurrent()
         self._sockets[current] = sock
+        self._fresh.add(sock)
         self.connections += 1
         self._gauge.inc()
         try:
@@ -125,6 +143,7 @@ class GeventServer:
             self.connections -= 1
             self._gauge.dec()
             self._sockets.pop(current, None)
+            self._fresh.discard(sock)
             _close_quietly(sock)
 
     def handle(self, sock, address) -> None:

@@ -73,11 +73,11 @@ class HttpServer(GeventServer):
     def handle(self, sock, address) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buf = b""
-        while not self.stopping:
+        while self.serving(sock):
             head, buf = self._read_head(sock, buf)
             if head is None:
                 return
-            with self.busy:
+            with self.begin(sock):
                 try:
                     if not self._respond(sock, head):
                         return

@@ -43,9 +43,9 @@ class PeerServer(GeventServer):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         framer = JsonFramer(max_json=MAX_REQUEST_BYTES, require_brace=True)
         try:
-            while not self.stopping:
+            while self.serving(sock):
                 request = self._read_request(sock, framer)
-                with self.busy:
+                with self.begin(sock):
                     self._answer(sock, request)
         except _Closed:
             pass

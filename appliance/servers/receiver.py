@@ -58,9 +58,9 @@ class ReceiverServer(GeventServer):
         try:
             version = codec.parse_handshake(self._read_json(sock, framer))
             self._send(sock, codec.encode_handshake_response(version))
-            while not self.stopping:
+            while self.serving(sock):
                 request = self._read_json(sock, framer)
-                with self.busy:
+                with self.begin(sock):
                     self._receive(sock, framer, request)
         except _Closed:
             pass
