@@ -16,10 +16,7 @@ import http.client
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,69 +26,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from appliance import ipc  # noqa: E402
+from scaling import Appliance  # noqa: E402  (scripts/bench.d is this script's directory)
 
 BLOB_SIZE = 2 * 1024 * 1024
 HIT_REPEAT = 10
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-class Appliance:
-    """`prism reflector` in its own directory on free 127.0.0.1 ports, stopped by stop()."""
-
-    def __init__(self, directory: Path, *flags: str):
-        self.dir = directory
-        self.dir.mkdir(parents=True)
-        receiver, self.peer_port, self.http_port, metrics = free_ports(4)
-        argv = [sys.executable, "-m", "appliance.cli.prism", "reflector", "--conf", "none", "--listen-address",
-                "127.0.0.1", "--disable-dht", "--disable-http3", "--receiver-port", str(receiver),
-                "--tcp-peer-port", str(self.peer_port), "--http-peer-port", str(self.http_port),
-                "--metrics-port", str(metrics), *flags]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        with open(self.dir / "appliance.log", "wb") as log:
-            self.proc = subprocess.Popen(argv, cwd=self.dir, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"bench: an appliance exited while starting; see {self.dir / 'appliance.log'}")
-            client = ipc.IpcClient(str(self.dir / "run" / "control.sock"), name="control", timeout=5)
-            try:
-                status = client.call("status")
-                if status["state"] == "ready" and all(p["state"] == "ready" for p in status["processes"]):
-                    return
-            except (ipc.IpcError, OSError, TimeoutError):
-                pass
-            finally:
-                client.close()
-            time.sleep(0.1)
-        raise SystemExit(f"bench: an appliance was not ready within {timeout:g}s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-                return
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
 
 
 def write_blobs(root: Path, count: int) -> list[str]:
@@ -158,14 +96,13 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="prism-bench-cache-"))
     apps: list[Appliance] = []
     try:
-        a = Appliance(tmp / "A", "--workers", "1")
+        a = Appliance(tmp / "A", 1, wait=False)
         apps.append(a)
-        b = Appliance(tmp / "B", "--workers", "1", "--upstream-reflector", f"127.0.0.1:{a.http_port}",
-                      "--upstream-protocol", "http", "--disk-cache", f"100GB:{tmp / 'B-cache'}:lru")
+        b = Appliance(tmp / "B", 1, "--upstream-reflector", f"127.0.0.1:{a.http_port}",
+                      "--upstream-protocol", "http", "--disk-cache", f"100GB:{tmp / 'B-cache'}:lru", wait=False)
         apps.append(b)
-        c = Appliance(tmp / "C", "--workers", str(args.workers), "--upstream-reflector",
-                      f"127.0.0.1:{b.peer_port}", "--upstream-protocol", "tcp",
-                      "--disk-cache", f"100GB:{tmp / 'C-cache'}:lru")
+        c = Appliance(tmp / "C", args.workers, "--upstream-reflector", f"127.0.0.1:{b.peer_port}",
+                      "--upstream-protocol", "tcp", "--disk-cache", f"100GB:{tmp / 'C-cache'}:lru", wait=False)
         apps.append(c)
         for app in apps:
             app.wait_ready()

@@ -1,10 +1,11 @@
 """scripts/bench, issue 4: `prism reflector` as the server under test, and how it scales with its workers.
 
-Appliance(directory, workers, *flags) runs `prism reflector` (supervisor, cache manager, gevent workers) on
-free 127.0.0.1 ports in its own directory, waits until every process is ready, and has .ports
-{"receiver", "peer", "http"} and .port (HTTP). run() is section (f): the appliances there are edge caches (an
-upstream that is never asked, a disk cache that already holds every blob: edge_cache_dir() hard-links the
-benchmark's blobs into it), so every GET is a cache hit.
+Appliance(directory, workers, *flags, wait=True) runs `prism reflector` (supervisor, cache manager, gevent
+workers) on free 127.0.0.1 ports in its own directory, waits until every process is ready (or, with
+wait=False, when you call wait_ready()), and has .ports {"receiver", "peer", "http"}, .port / .http_port and
+.peer_port. run() is section (f): the appliances there are edge caches (an upstream that is never asked, a disk
+cache that already holds every blob: edge_cache_dir() hard-links the benchmark's blobs into it), so every GET is
+a cache hit.
 """
 from __future__ import annotations
 
@@ -39,12 +40,13 @@ def _free_ports(n: int) -> list[int]:
 
 
 class Appliance:
-    def __init__(self, directory: Path, workers: int, *flags: str):
+    def __init__(self, directory: Path, workers: int, *flags: str, wait: bool = True):
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         receiver, peer, http, metrics = _free_ports(4)
         self.ports = {"receiver": receiver, "peer": peer, "http": http}
-        self.port = http
+        self.port = self.http_port = http
+        self.peer_port = peer
         argv = [sys.executable, "-m", "appliance.cli.prism", "reflector", "--conf", "none", "--listen-address",
                 "127.0.0.1", "--disable-dht", "--disable-http3", "--workers", str(workers),
                 "--receiver-port", str(receiver), "--tcp-peer-port", str(peer), "--http-peer-port", str(http),
@@ -53,9 +55,10 @@ class Appliance:
             self.proc = subprocess.Popen(argv, cwd=self.dir, env={**os.environ, "PYTHONPATH": str(REPO)},
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
-        self._wait_ready()
+        if wait:
+            self.wait_ready()
 
-    def _wait_ready(self, timeout: float = 60) -> None:
+    def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
