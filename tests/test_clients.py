@@ -5,7 +5,6 @@ import os
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,15 +17,7 @@ from appliance.protocol.peer import encode_availability_requests
 from appliance.stream import parse_sd_blob
 from tests.minimal_server import MinimalServer
 from tests.server_process import ServerProcess
-
-
-def vectors_dir() -> Path:
-    for candidate in (os.environ.get("REFLECTOR_VECTORS", ""), Path(__file__).resolve().parents[2] / "shared/vectors",
-                      "/work/shared/vectors"):
-        if candidate and (Path(candidate) / "peer.json").exists():
-            return Path(candidate)
-    pytest.skip("LBRY SDK vectors not found (set REFLECTOR_VECTORS)")
-
+from tests.vectors import vectors_dir
 
 STREAM_A = "fbf470131440"
 

@@ -1,8 +1,6 @@
 """vectors/dht.json: the LBRY SDK's own datagrams decode, re-encode byte for byte, and our node answers
 the SDK's requests the way the SDK's node did."""
 import json
-import os
-from pathlib import Path
 
 import pytest
 
@@ -23,19 +21,9 @@ from appliance.dht.messages import (
 from appliance.dht.peerstore import PeerStore
 from appliance.dht.routing import RoutingTable
 from appliance.dht.tokens import TokenManager, make_token
+from tests.vectors import vectors_dir
 
-
-def _vectors_file() -> Path | None:
-    for folder in (os.environ.get("REFLECTOR_VECTORS", ""), Path(__file__).resolve().parents[2] / "shared/vectors",
-                   "/work/shared/vectors"):
-        if folder and (Path(folder) / "dht.json").exists():
-            return Path(folder) / "dht.json"
-    return None
-
-
-if _vectors_file() is None:
-    pytest.skip("LBRY SDK vectors not found (set REFLECTOR_VECTORS)", allow_module_level=True)
-VECTORS = json.loads(_vectors_file().read_text())
+VECTORS = json.loads((vectors_dir() / "dht.json").read_text())
 DATAGRAMS = VECTORS["datagrams"]
 BY_NAME = {d["name"]: d for d in DATAGRAMS}
 NODES = VECTORS["nodes"]

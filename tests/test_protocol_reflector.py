@@ -1,21 +1,12 @@
 """Reflector upload protocol codecs against the LBRY SDK's captured messages (vectors/peer.json)."""
 import json
-import os
-from pathlib import Path
 
 import pytest
 
 from appliance.errors import ProtocolError, classify
 from appliance.protocol import reflector as rp
 from appliance.protocol.framing import JsonFramer
-
-
-def vectors_dir() -> Path:
-    for candidate in (os.environ.get("REFLECTOR_VECTORS", ""), Path(__file__).resolve().parents[2] / "shared/vectors",
-                      "/work/shared/vectors"):
-        if candidate and (Path(candidate) / "peer.json").exists():
-            return Path(candidate)
-    pytest.skip("LBRY SDK vectors not found (set REFLECTOR_VECTORS)")
+from tests.vectors import vectors_dir
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 import json
 import os
 import time
-from pathlib import Path
 
 import pytest
 from server_process import ServerProcess, closed_by_peer, recv_exactly, recv_json
@@ -10,10 +9,9 @@ from appliance.blob import blob_hash
 from appliance.errors import BlobNotFound
 from appliance.protocol import peer as codec
 from appliance.stores.disk import DiskStore
+from tests.vectors import vectors_dir
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
-if not VECTORS.exists():
-    VECTORS = Path("/work/shared/vectors")
+VECTORS = vectors_dir()
 PEER = json.loads((VECTORS / "peer.json").read_text())
 ADDRESS = '"lbrycrd_address":"bJxKvpD96kaJLriqVajZ7SaQTsWWyrGQct"'
 

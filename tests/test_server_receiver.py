@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 from server_process import ServerProcess, closed_by_peer, recv_exactly, recv_json
@@ -13,10 +12,9 @@ from appliance.blob import MAX_BLOB_SIZE, blob_hash
 from appliance.protocol import peer as peer_codec
 from appliance.protocol import reflector as codec
 from appliance.stream import decrypt_stream, parse_sd_blob
+from tests.vectors import vectors_dir
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
-if not VECTORS.exists():
-    VECTORS = Path("/work/shared/vectors")
+VECTORS = vectors_dir()
 PEER = json.loads((VECTORS / "peer.json").read_text())
 TRANSCRIPTS = PEER["reflector"]["transcripts"]
 STREAM_A = VECTORS / "streams" / "fbf470131440"

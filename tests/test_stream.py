@@ -4,22 +4,13 @@ import io
 import json
 import os
 import tracemalloc
-from pathlib import Path
 
 import pytest
 
 from appliance import stream
 from appliance.blob import MAX_BLOB_SIZE, blob_hash
 from appliance.stream import BlobInfo, InvalidStreamDescriptor, StreamDescriptor
-
-
-def vectors_dir() -> Path:
-    for candidate in (os.environ.get("REFLECTOR_VECTORS", ""), Path(__file__).resolve().parents[2] / "shared/vectors",
-                      "/work/shared/vectors"):
-        if candidate and (Path(candidate) / "streams/index.json").exists():
-            return Path(candidate)
-    pytest.skip("LBRY SDK vectors not found (set REFLECTOR_VECTORS)")
-
+from tests.vectors import vectors_dir
 
 FOLDERS = ["fbf470131440", "712f046eb344", "96d36b7ffb4b"]  # streams a, b, c of vectors/streams/index.json
 
