@@ -210,6 +210,30 @@ class Appliance:
                               timeout=timeout)
 
 
+def http_status(app: Appliance, hash_: str, token: str | None = None) -> tuple[int, bytes]:
+    """(status, body) of GET /blob?hash=[&edge_token=] on a fresh connection to the appliance's HTTP port."""
+    query = f"/blob?hash={hash_}" + (f"&edge_token={token}" if token is not None else "")
+    conn = http.client.HTTPConnection("127.0.0.1", app.ports["http"], timeout=30)
+    try:
+        conn.request("GET", query, headers={"Connection": "close"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def peer_get(app: Appliance, hash_: str) -> bytes | None:
+    """The blob over the TCP peer protocol on a fresh connection; None when refused or not found."""
+    from appliance.clients.peer import PeerClient
+    from appliance.errors import BlobNotFound
+
+    with PeerClient("127.0.0.1", app.ports["tcp_peer"], timeout=30) as client:
+        try:
+            return client.get_blob(hash_)
+        except BlobNotFound:
+            return None
+
+
 def http_get(port: int, hash_: str, timeout: float = 30) -> bytes:
     """GET /blob?hash= on a fresh connection; the body (AssertionError on a non-200 answer)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)

@@ -16,18 +16,15 @@ check is made over fresh connections, so both workers answer some of them.
 """
 from __future__ import annotations
 
-import http.client
 import json
 import os
 from pathlib import Path
 
 from appliance.clients.connection import Connection
-from appliance.clients.peer import PeerClient
 from appliance.clients.reflector import ReflectorClient, UploadStats
-from appliance.errors import BlobNotFound
 from appliance.protocol import reflector as codec
 from appliance.protocol.framing import JsonFramer
-from tests.appliance_process import appliance_fixture, poll  # noqa: F401  (registers `appliance`)
+from tests.appliance_process import appliance_fixture, http_status, peer_get, poll  # noqa: F401  (registers `appliance`)
 from tests.servers.http import Route
 from tests.servers.streams import TestStream, make_stream
 
@@ -64,23 +61,6 @@ def offer_sd(app, stream: TestStream) -> codec.SdReply:
         conn.close()
 
 
-def http_status(app, hash_: str) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", app.ports["http"], timeout=30)
-    try:
-        conn.request("GET", f"/blob?hash={hash_}", headers={"Connection": "close"})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
-def peer_get(app, hash_: str) -> bytes | None:
-    """The blob over the TCP peer protocol on a fresh connection; None when the appliance says not found."""
-    with PeerClient("127.0.0.1", app.ports["tcp_peer"], timeout=30) as client:
-        try:
-            return client.get_blob(hash_)
-        except BlobNotFound:
-            return None
 
 
 def all_hashes(stream: TestStream) -> list[str]:

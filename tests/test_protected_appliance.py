@@ -9,7 +9,6 @@ however concurrent, and kept for 2 minutes.
 """
 from __future__ import annotations
 
-import http.client
 import json
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,10 +17,9 @@ import pytest
 from appliance.clients.connection import Connection
 from appliance.clients.peer import PeerClient
 from appliance.clients.reflector import ReflectorClient
-from appliance.errors import BlobNotFound
 from appliance.protocol import peer as peer_codec
 from appliance.protocol.framing import JsonFramer
-from tests.appliance_process import appliance_fixture, free_ports  # noqa: F401  (registers `appliance`)
+from tests.appliance_process import appliance_fixture, free_ports, http_status, peer_get  # noqa: F401  (registers `appliance`)
 from tests.servers.http import Route
 from tests.servers.streams import TestStream, make_stream
 
@@ -43,24 +41,6 @@ def start(appliance, url: str, stream: TestStream, *flags: str):
     return app
 
 
-def http_get(app, hash_: str, token: str | None = None) -> tuple[int, bytes]:
-    query = f"/blob?hash={hash_}" + (f"&edge_token={token}" if token is not None else "")
-    conn = http.client.HTTPConnection("127.0.0.1", app.ports["http"], timeout=30)
-    try:
-        conn.request("GET", query, headers={"Connection": "close"})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
-def peer_get(app, hash_: str) -> bytes | None:
-    """The blob over the TCP peer protocol (fresh connection); None when it is refused or not found."""
-    with PeerClient("127.0.0.1", app.ports["tcp_peer"], timeout=30) as client:
-        try:
-            return client.get_blob(hash_)
-        except BlobNotFound:
-            return None
 
 
 def peer_answer(app, hash_: str) -> dict:
@@ -76,7 +56,7 @@ def peer_answer(app, hash_: str) -> dict:
 def assert_open(app, stream: TestStream) -> None:
     """Everything is served to everyone, on both ports."""
     for h, data in {stream.sd_hash: stream.sd_blob, **stream.blobs}.items():
-        assert http_get(app, h) == (200, data)
+        assert http_status(app, h) == (200, data)
         assert peer_get(app, h) == data
 
 
@@ -89,14 +69,14 @@ def test_protected_sd_blob_needs_the_edge_token_and_is_refused_on_tcp(appliance,
 
     # Many concurrent first downloads on both workers wait for one fetch of the list.
     with ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(lambda _: http_get(app, sd), range(16)))
+        answers = list(pool.map(lambda _: http_status(app, sd), range(16)))
     assert answers == [(403, b"requested blob is protected")] * 16
 
-    assert http_get(app, sd, "wrong-token")[0] == 403
-    assert http_get(app, sd, "")[0] == 403
-    assert http_get(app, sd, TOKEN) == (200, stream.sd_blob)
+    assert http_status(app, sd, "wrong-token")[0] == 403
+    assert http_status(app, sd, "")[0] == 403
+    assert http_status(app, sd, TOKEN) == (200, stream.sd_blob)
     for h, data in stream.blobs.items():  # only sd hashes are listed: content blobs are not protected
-        assert http_get(app, h) == (200, data)
+        assert http_status(app, h) == (200, data)
         assert peer_get(app, h) == data
 
     assert peer_get(app, sd) is None  # TCP has no edge token: refused, not sent
@@ -107,7 +87,7 @@ def test_protected_sd_blob_needs_the_edge_token_and_is_refused_on_tcp(appliance,
         assert client.has_blobs([sd, *stream.blobs]) == set(stream.blobs)
 
     with ThreadPoolExecutor(8) as pool:  # more downloads, both ports, both workers
-        list(pool.map(lambda h: (http_get(app, h), peer_get(app, h)), [sd, *stream.blobs] * 8))
+        list(pool.map(lambda h: (http_status(app, h), peer_get(app, h)), [sd, *stream.blobs] * 8))
     assert http_server.count(PATH) == 1  # one fetch for every worker and download (kept 2 minutes)
     assert app.stop() == 0
 
@@ -127,8 +107,8 @@ def test_list_server_down(appliance, http_server, down, fail_closed):
         assert_open(app, stream)
     else:  # every blob counts as protected until a list arrives: the edge token is needed, TCP is refused
         for h, data in {stream.sd_hash: stream.sd_blob, **stream.blobs}.items():
-            assert http_get(app, h) == (403, b"requested blob is protected")
-            assert http_get(app, h, TOKEN) == (200, data)
+            assert http_status(app, h) == (403, b"requested blob is protected")
+            assert http_status(app, h, TOKEN) == (200, data)
             assert peer_get(app, h) is None
     if down == "hanging":
         assert http_server.count(PATH) == 1  # retried after a while, not on every download
