@@ -110,7 +110,7 @@ from appliance.stores import disk
 def stuck_fsync(fd):
     print("writing", flush=True)  # the bytes are in the temp file; the 'disk' now hangs
     os.read(0, 1)
-os.fsync = stuck_fsync
+os.fsync = os.fdatasync = stuck_fsync
 disk.DiskStore(sys.argv[1]).put(sys.argv[2], os.urandom(1024 * 1024))
 """
 

@@ -1,13 +1,14 @@
 """Local disk storage in reflector.go's layout (`<root>/<h[0:2]>/<h>`), written atomically."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
 import uuid
 
-from appliance.blob import check_hash, is_valid_hash
-from appliance.errors import BlobNotFound
+from appliance.blob import MAX_BLOB_SIZE, check_hash, is_valid_hash
+from appliance.errors import BlobNotFound, HashMismatch
 from appliance.stores.base import Blob, BlobStore
 from appliance.trace import Trace
 
@@ -60,26 +61,18 @@ class DiskStore(BlobStore):
             raise
 
     def put(self, hash_: str, data: bytes) -> None:
-        final = self.path(hash_)
-        tmp = os.path.join(self.tmp_dir, f"{hash_}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            parent = os.path.dirname(final)
-            created = self._ensure_dir(parent)
-            os.rename(tmp, final)  # atomic: readers see nothing or the whole blob
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
-        _fsync_dir(parent)  # make the rename itself durable
-        if created:
-            _fsync_dir(os.path.dirname(parent))
+        with self.writer(hash_, verify=False) as writer:  # callers of put have checked the hash
+            writer.write(data)
+            writer.commit()
+
+    def writer(self, hash_: str, *, durable: bool = True, verify: bool = True) -> BlobWriter:
+        """A streaming writer for one blob: bytes go to a temp file as they arrive, hashed as they pass.
+
+        `durable=True` (origin storage) fsyncs the file and the directory before `commit` returns;
+        `durable=False` (a cache copy of a blob the origin keeps) skips the fsyncs. `verify=False` skips the
+        SHA-384 for a caller that has checked the bytes itself.
+        """
+        return BlobWriter(self, hash_, durable, verify)
 
     def delete(self, hash_: str) -> None:
         try:
@@ -130,6 +123,65 @@ class DiskStore(BlobStore):
             return True
         except FileExistsError:
             return False
+
+
+class BlobWriter:
+    """One blob written as it arrives: `write` chunks, then `commit` (verify, rename into place) or `abort`.
+
+    Nothing is visible under the blob's name until `commit` has checked the size and SHA-384. Used as a
+    context manager, a writer that was not committed is aborted (its temp file removed).
+    """
+
+    def __init__(self, store: DiskStore, hash_: str, durable: bool, verify: bool = True):
+        self.store = store
+        self.hash = hash_
+        self.final = store.path(hash_)  # validates the hash before it becomes a file name
+        self.durable = durable
+        self.size = 0
+        self.committed = False
+        self._sha = hashlib.sha384() if verify else None
+        self.tmp = os.path.join(store.tmp_dir, f"{hash_}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+        self._fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        if self.size + len(chunk) > MAX_BLOB_SIZE:
+            raise ValueError(f"blob {self.hash[:8]} is larger than {MAX_BLOB_SIZE} bytes")
+        if self._sha is not None:
+            self._sha.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(self._fd, view):]
+        self.size += len(chunk)
+
+    def commit(self) -> None:
+        """Make the blob visible under its name; HashMismatch (and nothing visible) if the bytes are wrong."""
+        if self._sha is not None and self._sha.hexdigest() != self.hash:
+            raise HashMismatch(f"blob {self.hash[:8]}: the bytes written do not match the hash")
+        if self.durable:
+            os.fdatasync(self._fd)
+        os.close(self._fd)
+        self._fd = None
+        parent = os.path.dirname(self.final)
+        created = self.store._ensure_dir(parent)
+        os.rename(self.tmp, self.final)  # atomic: readers see nothing or the whole blob
+        self.committed = True
+        if self.durable:
+            _fsync_dir(parent)  # make the rename itself durable
+            if created:
+                _fsync_dir(os.path.dirname(parent))
+
+    def abort(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if not self.committed:
+            _unlink_quietly(self.tmp)
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.abort()
 
 
 def _temp_owner(name: str) -> int:
