@@ -2,7 +2,7 @@
 
 Blocked sd hashes come from a pluggable source (`fetch() -> set[str]`, raising on failure), chosen by
 `blocklist_source`: `lbry` (LBRY's outpoint list resolved through wallet servers,
-appliance.blocklist_lbry), an http(s) URL, or a file path. A URL or file holds sd hashes, one per line
+appliance.lbry.blocklist), an http(s) URL, or a file path. A URL or file holds sd hashes, one per line
 (blank lines and `#` comments ignored) or as a JSON list.
 
 They are kept where reflector.go keeps them, the `blocked` table, when a database is used; otherwise
@@ -103,7 +103,7 @@ def source_from_config(config):
     """The configured source: 'lbry', an http(s) URL or a file path."""
     source = (config.blocklist_source or "").strip()
     if source == "lbry":
-        from appliance.blocklist_lbry import LbryBlocklistSource
+        from appliance.lbry.blocklist import LbryBlocklistSource
 
         return LbryBlocklistSource.from_config(config)
     if source.startswith(("http://", "https://")):

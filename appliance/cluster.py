@@ -41,7 +41,7 @@ import pymysql
 
 from appliance import dsn as dsn_mod
 from appliance.blob import is_valid_hash
-from appliance.claims.base58 import ALPHABET
+from appliance.lbry.claims.base58 import ALPHABET
 
 log = logging.getLogger("cluster")
 

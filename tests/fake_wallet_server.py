@@ -11,9 +11,14 @@ import threading
 import time
 from typing import Any
 
-from appliance.wallet.outputs import encode_outputs
-from appliance.wallet.script import claim_name_script, pay_to_pubkey_hash, support_claim_script, update_claim_script
-from appliance.wallet.tx import Transaction, TxInput, TxOutput
+from appliance.lbry.wallet.outputs import encode_outputs
+from appliance.lbry.wallet.script import (
+    claim_name_script,
+    pay_to_pubkey_hash,
+    support_claim_script,
+    update_claim_script,
+)
+from appliance.lbry.wallet.tx import Transaction, TxInput, TxOutput
 
 NOT_FOUND = 1
 

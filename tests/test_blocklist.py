@@ -12,9 +12,9 @@ from appliance.blocklist import (
     parse_hash_list,
     source_from_config,
 )
-from appliance.blocklist_lbry import LbryBlocklistSource
 from appliance.config import resolve
 from appliance.db import Database, TrackAccess
+from appliance.lbry.blocklist import LbryBlocklistSource
 from appliance.stores.dbbacked import DBBackedStore
 from appliance.stores.disk import DiskStore
 from appliance.stores.s3 import S3Store

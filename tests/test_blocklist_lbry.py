@@ -11,8 +11,8 @@ import pytest
 from fake_wallet_server import FakeWalletServer, claim_transaction, name_output, payout, update_output
 
 from appliance import config as cfg
-from appliance.blocklist_lbry import LbryBlocklistError, LbryBlocklistSource, parse_outpoint
-from appliance.claims import encode_value
+from appliance.lbry.blocklist import LbryBlocklistError, LbryBlocklistSource, parse_outpoint
+from appliance.lbry.claims import encode_value
 
 
 class ApiServer:
@@ -142,7 +142,7 @@ def test_a_server_lost_mid_refresh_is_replaced_and_nothing_is_half_done(api, wal
     outpoints, expected = populate(wallet)
     api.outpoints(outpoints)
     # Keep the configured order, so the server that stalls after the version probe is the one tried first.
-    monkeypatch.setattr("appliance.wallet.client.random.shuffle", lambda items: None)
+    monkeypatch.setattr("appliance.lbry.wallet.client.random.shuffle", lambda items: None)
     with FakeWalletServer("version-only") as stalls:
         source = LbryBlocklistSource(api.url, [stalls.address, wallet.address], request_timeout=0.5)
         assert source.fetch() == expected

@@ -3,9 +3,9 @@ import os
 
 import pytest
 
-from appliance.claims import ClaimError, decode_hex, decode_value, encode_value, schema, wire
-from appliance.claims.legacy import V1_CLAIM
-from appliance.claims.types import CLAIM, claim_hash_of
+from appliance.lbry.claims import ClaimError, decode_hex, decode_value, encode_value, schema, wire
+from appliance.lbry.claims.legacy import V1_CLAIM
+from appliance.lbry.claims.types import CLAIM, claim_hash_of
 
 SD = bytes.fromhex("ab" * 48)
 CHANNEL_ID = "0123456789abcdef0123456789abcdef01234567"

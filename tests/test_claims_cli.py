@@ -8,7 +8,7 @@ from pathlib import Path
 from fake_wallet_server import FakeWalletServer, claim_transaction, name_output, payout, support_output
 from test_claims import UNSIGNED_STREAM, UNSIGNED_STREAM_SD, V1_SIGNED_STREAM, V1_SIGNED_STREAM_SD
 
-from appliance.claims import encode_value
+from appliance.lbry.claims import encode_value
 
 REPO = Path(__file__).resolve().parent.parent
 PRISM = [sys.executable, "-m", "appliance.cli.prism"]

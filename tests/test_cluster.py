@@ -8,7 +8,6 @@ import threading
 import pytest
 
 from appliance import cluster
-from appliance.claims.base58 import ALPHABET
 from appliance.cluster import (
     SPACE_END,
     WHOLE_SPACE,
@@ -22,6 +21,7 @@ from appliance.cluster import (
     share_range,
 )
 from appliance.db import Database
+from appliance.lbry.claims.base58 import ALPHABET
 from tests.appliance_process import poll
 
 HEARTBEAT = 0.2

@@ -13,10 +13,17 @@ from fake_wallet_server import (
     update_output,
 )
 
-from appliance.claims import encode_value
-from appliance.wallet import ClaimLookupError, ServerError, TransportError, WalletClient, WalletError, WalletTimeout
-from appliance.wallet.client import CLIENT_NAME, error_text
-from appliance.wallet.outputs import encode_outputs
+from appliance.lbry.claims import encode_value
+from appliance.lbry.wallet import (
+    ClaimLookupError,
+    ServerError,
+    TransportError,
+    WalletClient,
+    WalletError,
+    WalletTimeout,
+)
+from appliance.lbry.wallet.client import CLIENT_NAME, error_text
+from appliance.lbry.wallet.outputs import encode_outputs
 
 SD = os.urandom(48)
 

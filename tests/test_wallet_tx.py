@@ -4,8 +4,8 @@ import struct
 
 import pytest
 
-from appliance.wallet import script as sc
-from appliance.wallet.tx import Transaction, TransactionError, TxInput, TxOutput, parse_transaction, txid_of
+from appliance.lbry.wallet import script as sc
+from appliance.lbry.wallet.tx import Transaction, TransactionError, TxInput, TxOutput, parse_transaction, txid_of
 
 # The Bitcoin genesis block's coinbase transaction, the best-known raw transaction there is (LBRY keeps
 # Bitcoin's transaction format): one input, one 50-coin output, txid 4a5e1e4b...a33b.

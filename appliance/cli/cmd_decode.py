@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from appliance.claims import ClaimError, ClaimValue, decode_hex
 from appliance.cli.common import EXIT_FAILURE, CommandError
+from appliance.lbry.claims import ClaimError, ClaimValue, decode_hex
 
 
 def print_claim(value: ClaimValue) -> None:

@@ -6,8 +6,8 @@ import argparse
 from appliance import config as cfg
 from appliance.cli.cmd_decode import print_claim
 from appliance.cli.common import EXIT_FAILURE, CommandError, load_config, parse_address
-from appliance.wallet import WalletClient, WalletError
-from appliance.wallet.outputs import txid_of_output
+from appliance.lbry.wallet import WalletClient, WalletError
+from appliance.lbry.wallet.outputs import txid_of_output
 
 FLAGS = ["wallet_timeout"]
 

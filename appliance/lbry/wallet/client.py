@@ -14,10 +14,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from appliance import __version__
-from appliance.claims import ClaimError, ClaimValue, decode_value
-from appliance.wallet.outputs import ERROR_CODE, decode_outputs
-from appliance.wallet.script import ScriptError, claim_value
-from appliance.wallet.tx import TransactionError, parse_transaction_hex
+from appliance.lbry.claims import ClaimError, ClaimValue, decode_value
+from appliance.lbry.wallet.outputs import ERROR_CODE, decode_outputs
+from appliance.lbry.wallet.script import ScriptError, claim_value
+from appliance.lbry.wallet.tx import TransactionError, parse_transaction_hex
 
 log = logging.getLogger("wallet")
 

@@ -2,7 +2,7 @@
 v2/proto/claim.proto): ISO 639-1 languages, ISO 15924 scripts, ISO 3166-1 countries, then UN M.49 regions."""
 from __future__ import annotations
 
-from appliance.claims.schema import Enum
+from appliance.lbry.claims.schema import Enum
 
 # ISO 639-1, numbered from 1: "en" first, then the rest alphabetically (LBRY's order).
 _LANGUAGES = """en aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu cv cy da

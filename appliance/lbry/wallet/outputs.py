@@ -6,9 +6,9 @@ import base64
 import binascii
 from typing import Any
 
-from appliance.claims import schema
-from appliance.claims.schema import Enum, Field, Message
-from appliance.claims.wire import DecodeError
+from appliance.lbry.claims import schema
+from appliance.lbry.claims.schema import Enum, Field, Message
+from appliance.lbry.claims.wire import DecodeError
 
 F = Field
 ERROR_CODE = Enum.from_list("Error.Code", ["UNKNOWN_CODE", "NOT_FOUND", "INVALID", "BLOCKED"])

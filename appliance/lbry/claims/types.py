@@ -6,9 +6,9 @@ modifications are not modelled; they are skipped like any unknown field.
 """
 from __future__ import annotations
 
-from appliance.claims import base58
-from appliance.claims.enums import COUNTRY, LANGUAGE, SCRIPT
-from appliance.claims.schema import Enum, Field, Message
+from appliance.lbry.claims import base58
+from appliance.lbry.claims.enums import COUNTRY, LANGUAGE, SCRIPT
+from appliance.lbry.claims.schema import Enum, Field, Message
 
 F = Field
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.claims import legacy, schema
-from appliance.claims.types import CLAIM, CLAIM_TYPES, claim_hash_of, claim_id_of
-from appliance.claims.wire import DecodeError
+from appliance.lbry.claims import legacy, schema
+from appliance.lbry.claims.types import CLAIM, CLAIM_TYPES, claim_hash_of, claim_id_of
+from appliance.lbry.claims.wire import DecodeError
 
 UNSIGNED, SIGNED = 0x00, 0x01
 CHANNEL_HASH_SIZE, SIGNATURE_SIZE = 20, 64
@@ -20,7 +20,7 @@ class ClaimError(ValueError):
 
 @dataclass
 class ClaimValue:
-    """A decoded claim: the Claim message as a dict (see appliance.claims.types) and its signature, if any."""
+    """A decoded claim: the Claim message as a dict (see appliance.lbry.claims.types) and its signature, if any."""
 
     claim: dict[str, Any]
     channel_hash: bytes | None = None  # the signing channel's claim hash (claim id byte-reversed)

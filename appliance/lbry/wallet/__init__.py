@@ -1,5 +1,5 @@
 """LBRY wallet servers: the JSON-RPC client, raw transactions, claim scripts and resolve results."""
-from appliance.wallet.client import (
+from appliance.lbry.wallet.client import (
     ClaimLookupError,
     ServerError,
     TransportError,

@@ -16,7 +16,7 @@ from typing import Any
 import requests
 
 from appliance.blob import check_hash
-from appliance.wallet import TransportError, WalletClient, WalletError
+from appliance.lbry.wallet import TransportError, WalletClient, WalletError
 
 log = logging.getLogger("blocklist")
 

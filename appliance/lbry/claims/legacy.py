@@ -6,11 +6,11 @@ import json
 from decimal import ROUND_UP, Decimal
 from typing import Any
 
-from appliance.claims import base58, schema
-from appliance.claims.enums import LANGUAGE
-from appliance.claims.schema import Enum, Field, Message
-from appliance.claims.types import FEE_CURRENCY
-from appliance.claims.wire import DecodeError
+from appliance.lbry.claims import base58, schema
+from appliance.lbry.claims.enums import LANGUAGE
+from appliance.lbry.claims.schema import Enum, Field, Message
+from appliance.lbry.claims.types import FEE_CURRENCY
+from appliance.lbry.claims.wire import DecodeError
 
 F = Field
 _VERSION = Enum("Version", {0: "UNKNOWN_VERSION", 1: "_0_0_1"})

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.claims import wire
-from appliance.claims.wire import DecodeError
+from appliance.lbry.claims import wire
+from appliance.lbry.claims.wire import DecodeError
 
 _VARINT_KINDS = {"bool", "uint32", "uint64", "int32", "int64", "sint32", "sint64", "enum"}
 _WIRE_TYPE = {**{k: wire.VARINT for k in _VARINT_KINDS}, "string": wire.LENGTH, "bytes": wire.LENGTH,
