@@ -1,11 +1,16 @@
-"""`prism decode VALUE`: print a claim value (hex) as indented protobuf JSON, and a stream's sd hash."""
+"""`prism decode VALUE`: print a claim value (hex) as indented protobuf JSON, and a stream's sd hash.
+
+VALUE may also be a whole claim output script (OP_CLAIM_NAME / OP_UPDATE_CLAIM ...), as `prism publish`
+prints it: then the claim's name and payout address are printed too."""
 from __future__ import annotations
 
 import argparse
 import json
 
 from appliance.cli.common import EXIT_FAILURE, CommandError
-from appliance.lbry.claims import ClaimError, ClaimValue, decode_hex
+from appliance.lbry.address import script_address
+from appliance.lbry.claims import ClaimError, ClaimValue, decode_hex, decode_value
+from appliance.lbry.wallet.script import ScriptError, parse_claim_script
 
 
 def print_claim(value: ClaimValue) -> None:
@@ -15,12 +20,25 @@ def print_claim(value: ClaimValue) -> None:
         print(f"SD hash as hex: {value.sd_hash or ''}")
 
 
-def run(args: argparse.Namespace) -> int:
+def _claim_script(text: str):
+    """The claim prefix of `text` when it is the hex of a claim-name or claim-update script, else None."""
     try:
-        value = decode_hex(args.value)
+        parsed = parse_claim_script(bytes.fromhex(text.strip()))
+    except (ValueError, ScriptError):
+        return None
+    return parsed if parsed is not None and parsed.kind != "support" else None
+
+
+def run(args: argparse.Namespace) -> int:
+    script = _claim_script(args.value)
+    try:
+        value = decode_value(script.value) if script is not None else decode_hex(args.value)
     except ClaimError as exc:
         raise CommandError(str(exc), EXIT_FAILURE) from None
     print_claim(value)
+    if script is not None:
+        print(f"Claim name: {script.name.decode('utf-8', 'replace')}")
+        print(f"Pays to: {script_address(script.payout) or script.payout.hex()}")
     return 0
 
 
@@ -30,5 +48,5 @@ def register(subparsers) -> None:
         description="Decode a claim value (the hex of the value bytes of a claim output): unsigned, signed by a "
                     "channel, or a legacy v1/JSON claim migrated to the current schema. Prints the claim as "
                     "indented JSON and, for a stream, its sd hash.")
-    p.add_argument("value", metavar="VALUE", help="hex of the claim value bytes")
+    p.add_argument("value", metavar="VALUE", help="hex of the claim value bytes, or of a whole claim output script")
     p.set_defaults(run=run)

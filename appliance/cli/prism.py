@@ -14,7 +14,7 @@ from appliance.cli.common import EXIT_FAILURE, EXIT_USAGE, CommandError
 # Order = order in `prism --help`. A module that does not exist yet is simply not offered.
 COMMANDS = [
     "version", "reflector", "peer", "test", "send", "sendblob", "getstream", "upload", "check_integrity",
-    "populate_db", "db", "dht", "start", "cluster", "decode", "resolve",
+    "populate_db", "db", "dht", "start", "cluster", "decode", "resolve", "publish",
 ]
 
 
