@@ -180,3 +180,9 @@ def test_an_unreachable_reflector_broadcasts_nothing(wallet, video):
     result = publish(wallet, video, "--name", "x", reflector=f"127.0.0.1:{free_ports(1)[0]}")
     assert_one_line_error(result, contains="nothing was broadcast")
     assert "sendrawtransaction" not in wallet.methods()
+
+
+def test_a_mistyped_claim_address_fails_before_anything_is_spent(wallet, video):
+    result = publish(wallet, video, "--name", "x", "--claim-address", "bNotAnAddress")
+    assert_one_line_error(result, contains="is not an LBRY address")
+    assert "signrawtransactionwithwallet" not in wallet.methods()

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from appliance.cli.client_support import CLIENT_TIMEOUT, client_errors
@@ -87,14 +88,33 @@ def _lbrycrd(args: argparse.Namespace) -> LbrycrdClient:
         raise CommandError(str(exc), EXIT_USAGE) from None
 
 
-def build_signed(args: argparse.Namespace, wallet: LbrycrdClient, name: bytes, claim: dict) -> Transaction:
-    """Ask the wallet for coins and addresses, build the claim transaction, have the wallet sign it."""
+@dataclass
+class Funding:
+    coins: list[Coin]
+    claim_address: str
+    change_address: str
+
+
+def fund(args: argparse.Namespace, wallet: LbrycrdClient) -> Funding:
+    """Coins and addresses from the wallet, asked before the file is encoded so a wallet problem costs nothing."""
     try:
-        claim_address = args.claim_address or wallet.new_address()
-        claim_script = claim_output_script(name, claim, payout_script(claim_address))
+        for given in (args.claim_address, args.change_address):
+            if given:
+                payout_script(given)  # a mistyped address fails here, not after the upload
         coins = select_coins(spendable_coins(wallet.list_unspent()), args.amount + args.fee)
-        change_address = args.change_address or wallet.raw_change_address()
-        unsigned = claim_transaction(coins, claim_script, args.amount, args.fee, payout_script(change_address))
+        return Funding(coins, args.claim_address or wallet.new_address(),
+                       args.change_address or wallet.raw_change_address())
+    except (LbrycrdError, PublishError, AddressError) as exc:
+        raise CommandError(f"{exc}; nothing was reflected or broadcast") from None
+
+
+def build_signed(args: argparse.Namespace, wallet: LbrycrdClient, funding: Funding, name: bytes,
+                 claim: dict) -> Transaction:
+    """Build the claim transaction and have the wallet sign it; it must come back spending the same."""
+    try:
+        claim_script = claim_output_script(name, claim, payout_script(funding.claim_address))
+        unsigned = claim_transaction(funding.coins, claim_script, args.amount, args.fee,
+                                     payout_script(funding.change_address))
         signed = parse_transaction_hex(wallet.sign(unsigned.serialize().hex()))
     except (LbrycrdError, PublishError, AddressError, TransactionError) as exc:
         raise CommandError(f"{exc}; nothing was reflected or broadcast") from None
@@ -130,13 +150,14 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.path}: not a readable file")
     host, port = parse_address(args.reflector)
     wallet = _lbrycrd(args)
+    funding = fund(args, wallet)
 
     made = make(args.path)
     tags = [t.strip() for item in args.tags for t in item.split(",") if t.strip()]
     release_time = args.release_time if args.release_time is not None else int(time.time())
     claim = stream_claim(made, args.path, title=args.title, description=args.description, author=args.author,
                          tags=tags, release_time=release_time)
-    signed = build_signed(args, wallet, name, claim)
+    signed = build_signed(args, wallet, funding, name, claim)
     result = {"name": args.name, "sd_hash": made.descriptor.sd_hash, "txid": signed.txid,
               "claim_id": claim_id(signed.txid, 0), "amount": format_lbc(args.amount),
               "fee": format_lbc(args.fee),
