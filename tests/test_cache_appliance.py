@@ -4,7 +4,6 @@ every moment under 200 MB of traffic, what lru and lfu keep, a restart over 1,00
 the origin is a standalone appliance whose local storage the test fills directly."""
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -148,8 +147,9 @@ def test_restart_over_a_million_index_entries_serves_from_the_index(appliance, t
 
     # The same index after a crash (not marked clean): the loader checks the 1,000,000 entries against the
     # directory in the background (~15 s here); readiness does not wait for it.
-    with sqlite3.connect(index_path(str(cache_dir))) as db:
-        db.execute("UPDATE meta SET value = '0' WHERE key = 'clean'")
+    crashed = CacheIndex(index_path(str(cache_dir)), make_policy("lru", 4 * 1024 ** 3))
+    crashed.load()  # marks a run in progress in the journal ...
+    crashed._close_quietly()  # ... that never stops cleanly
     app.start(wait=False)
     status = app.wait_ready(timeout=60)
     assert status["cache"]["blobs"] > 900_000, "readiness waited for the loader"

@@ -1,6 +1,5 @@
 import os
 import sqlite3
-import time
 
 import pytest
 
@@ -91,8 +90,9 @@ def test_changing_the_policy_keeps_the_entries_in_order(tmp_path):
     assert len(lru) == 4 and lru.used_bytes == 4 * MB
     assert set(lru) == set(index.policy)
     lru.close()
-    with sqlite3.connect(index_path(str(tmp_path))) as db:
-        assert db.execute("SELECT count(*) FROM entries WHERE lst >= 2").fetchone()[0] == 0
+    arc, _ = open_index(tmp_path, "arc", 4 * MB)  # ARC's ghosts did not survive the change
+    assert all(arc.policy.list_of(h(i)) in ("T1", "T2", None) for i in range(5)) and len(arc) == 4
+    arc.close()
 
 
 def test_a_damaged_index_is_set_aside_and_rebuilt(tmp_path):
@@ -128,27 +128,42 @@ def test_flush_writes_only_changes(tmp_path):
     index.close()
 
 
-def test_a_million_entries_are_ready_in_seconds(tmp_path):
-    """Issue 5: a restart with 1,000,000 cached blobs is serving in <= 5 s."""
+def test_a_million_entries_restart_from_the_snapshot_and_journal(tmp_path):
+    """A restart reads the arrays back (scripts/bench cache times it at 1M and 10M entries)."""
     count = 1_000_000
     index, _ = open_index(tmp_path, "lru", count * MB)
     add = index.add
     for i in range(count):
-        add(f"{i:096x}", MB)  # sorted synthetic hashes keep the build fast; the load does not care
+        add(f"{i:096x}", MB)
     index.touch(*(f"{i:096x}" for i in range(0, count, 1000)))
     index.close()
-
-    started = time.monotonic()
     again, overflow = open_index(tmp_path, "lru", count * MB)
-    elapsed = time.monotonic() - started
-    assert overflow == [] and len(again) == count and again.used_bytes == count * MB
-    assert f"{999_999:096x}" in again
-    print(f"loaded {count} entries in {elapsed:.2f} s")
-    assert elapsed <= 5.0
-    again.close()
-    for suffix in ("", "-wal", "-shm"):  # pytest keeps old tmp dirs: do not leave 240 MB behind
-        if os.path.exists(again.path + suffix):
-            os.unlink(again.path + suffix)
+    assert overflow == [] and len(again) == count and again.used_bytes == count * MB and not again.needs_scan
+    assert list(again)[-1] == f"{999_000:096x}"  # the touched ones are the most recent, in order
+    again.touch(f"{1:096x}")
+    again.forget(f"{2:096x}")
+    again.flush()
+    again._close_quietly()  # a crash: the journal holds the changes since the snapshot
+    third, _ = open_index(tmp_path, "lru", count * MB)
+    assert third.needs_scan and len(third) == count - 1 and f"{2:096x}" not in third
+    assert list(third)[-1] == f"{1:096x}"
+    third.close()
+    for name in os.listdir(tmp_path):  # pytest keeps old tmp dirs: do not leave 100 MB behind
+        os.unlink(tmp_path / name)
+
+
+def test_an_index_of_the_sqlite_format_is_converted(tmp_path):
+    with sqlite3.connect(tmp_path / "index.sqlite3") as db:
+        db.executescript("CREATE TABLE entries (rank INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE, size INTEGER, "
+                         "lst INTEGER, freq INTEGER, prio INTEGER); CREATE TABLE meta (key TEXT PRIMARY KEY, "
+                         "value TEXT NOT NULL);")
+        db.executemany("INSERT INTO entries VALUES (?, ?, ?, 0, 0, 0)", [(i, h(i), MB) for i in range(5)])
+        db.executemany("INSERT INTO meta VALUES (?, ?)", [("version", "1"), ("policy", "lru"), ("clean", "1")])
+    index, overflow = open_index(tmp_path, "lru", 5 * MB)
+    assert overflow == [] and list(index) == [h(i) for i in range(5)] and not index.needs_scan
+    assert not os.path.exists(tmp_path / "index.sqlite3") and os.path.exists(index_path(str(tmp_path)))
+    assert index.add(h(9), MB) == [h(0)]
+    index.close()
 
 
 def test_open_index_builds_the_spec_s_policy_inside_the_cache_directory(tmp_path):
@@ -157,4 +172,4 @@ def test_open_index_builds_the_spec_s_policy_inside_the_cache_directory(tmp_path
     assert index.load() == [] and index.capacity == 3 * MB and index.policy.name == "arc"
     index.add(h(1), MB)
     index.close()
-    assert os.path.exists(tmp_path / "index.sqlite3")
+    assert os.path.exists(tmp_path / "index.snapshot")

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import heapq
 from abc import ABC, abstractmethod
-from collections import OrderedDict
+from array import array
 from collections.abc import Iterable, Iterator
+
+from appliance.cache.slab import EMPTY, DList, Slab, key_of
 
 # How a changed entry was placed: at the kept end (HOT) or at the eviction end (COLD, adopted files).
 HOT, COLD = 0, 1
@@ -123,6 +125,26 @@ class Policy(ABC):
         if lowest is not None:
             self._top_rank, self._bottom_rank = highest, lowest
         self._restore_meta(meta)
+        return self.settle()
+
+    def replay(self, upserts: Iterable[Row], deletes: Iterable[str], meta: dict[str, float]) -> None:
+        """Apply drained changes on top of a restored state (a journal after a snapshot), in drain order."""
+        for hash_ in deletes:
+            self._discard(hash_)
+        for row in upserts:
+            self._discard(row[0])
+            rank = row[3]
+            front = rank < self._bottom_rank  # drained ranks only grow at the top or shrink at the bottom
+            self._restore(row, front)
+            if front:
+                self._bottom_rank = rank
+            else:
+                self._top_rank = max(self._top_rank, rank)
+        if meta:
+            self._restore_meta(meta)
+
+    def settle(self) -> list[str]:
+        """After a restore (and replays): derived state, then drop what exceeds the capacity (returned)."""
         self._changed.clear()
         self._loaded()
         overflow = []
@@ -194,7 +216,8 @@ class Policy(ABC):
         """What is saved for an entry, or None when the entry is gone."""
 
     @abstractmethod
-    def _restore(self, row: Row) -> None: ...
+    def _restore(self, row: Row, front: bool = False) -> None:
+        """Add a saved entry at the kept end of its list (or the eviction end: `front`)."""
 
     # --- shared machinery ------------------------------------------------------------------------------
 
@@ -215,11 +238,6 @@ class Policy(ABC):
             evicted.append(victim)
         return evicted
 
-    def _first_unpinned(self, keys: Iterable[str], protect: str | None) -> str | None:
-        for key in keys:
-            if key != protect and key not in self._pinned:
-                return key
-        return None
 
 
 def _check_size(size: int) -> None:
@@ -227,53 +245,121 @@ def _check_size(size: int) -> None:
         raise ValueError(f"blob size must be more than 0 bytes, not {size}")
 
 
-class _OrderedPolicy(Policy):
-    """One OrderedDict from the eviction end to the kept end; subclasses decide what a use does."""
+class _SlabPolicy(Policy):
+    """A policy whose entries live in a Slab (see appliance.cache.slab): ~70 bytes per entry, not ~300."""
+
+    EXTRA: dict[str, str] = {}
 
     def __init__(self, capacity: int):
         super().__init__(capacity)
-        self._entries: OrderedDict[str, int] = OrderedDict()
+        self.slab = Slab(self.EXTRA)
+
+    def _slot(self, hash_: object) -> int:
+        key = key_of(hash_)
+        return EMPTY if key is None else self.slab.find(key)
+
+    def _new_slot(self, hash_: str, size: int) -> int:
+        key = key_of(hash_)
+        if key is None:
+            raise ValueError(f"not a blob hash: {hash_!r}")
+        return self.slab.add(key, size)
+
+    # --- snapshots: the arrays as they are, read back without rebuilding anything ----------------------
+
+    def snapshot_header(self) -> dict:
+        return {"policy": self.name, "used_bytes": self.used_bytes, "top": self._top_rank,
+                "bottom": self._bottom_rank, "meta": self.meta(), "slab": self.slab.header(),
+                "lists": [lst.state() for lst in self._lists()], **self._snapshot_extra()}
+
+    def snapshot_buffers(self) -> list:
+        return self.slab.buffers()
+
+    def restore_snapshot(self, header: dict, f) -> None:
+        """Restore what snapshot_header/snapshot_buffers saved; then replay changes and settle()."""
+        self.slab = Slab.read(header["slab"], f)
+        for lst, state in zip(self._lists(), header["lists"], strict=True):
+            lst.slab = self.slab
+            lst.restore(state)
+        self.used_bytes = header["used_bytes"]
+        self._top_rank, self._bottom_rank = header["top"], header["bottom"]
+        self._restore_snapshot_extra(header, f)
+        self._restore_meta(header["meta"])
+
+    def _snapshot_extra(self) -> dict:
+        return {}
+
+    def _restore_snapshot_extra(self, header: dict, f) -> None:
+        return None
+
+    def _lists(self) -> list[DList]:
+        return []
+
+    def _first_unpinned_slot(self, slots: Iterable[int], protect: str | None) -> str | None:
+        pinned, slab = self._pinned, self.slab
+        for slot in slots:
+            hash_ = slab.hex(slot)
+            if hash_ != protect and hash_ not in pinned:
+                return hash_
+        return None
+
+
+class _OrderedPolicy(_SlabPolicy):
+    """One list from the eviction end to the kept end; subclasses decide what a use does."""
+
+    def __init__(self, capacity: int):
+        super().__init__(capacity)
+        self._order = DList(self.slab)
 
     def __contains__(self, hash_: object) -> bool:
-        return hash_ in self._entries
+        return self._slot(hash_) != EMPTY
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.slab)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._entries))
+        return iter([self.slab.hex(slot) for slot in self._order])
 
     def _insert(self, hash_: str, size: int, cold: bool) -> None:
-        self._entries[hash_] = size
+        slot = self._new_slot(hash_, size)
         if cold:
-            self._entries.move_to_end(hash_, last=False)
+            self._order.push_front(slot)
+        else:
+            self._order.push_back(slot)
         self.used_bytes += size
         self._changed_entry(hash_, COLD if cold else HOT)
 
     def _set_size(self, hash_: str, size: int) -> None:
-        self.used_bytes += size - self._entries[hash_]
-        self._entries[hash_] = size
-        self._entries.move_to_end(hash_)  # a rewritten blob is a new insertion (and keeps ranks exact)
+        slot = self._slot(hash_)
+        self._order.unlink(slot)
+        self.used_bytes += size - self.slab.sizes[slot]
+        self.slab.sizes[slot] = size
+        self._order.push_back(slot)  # a rewritten blob is a new insertion (and keeps ranks exact)
         self._changed_entry(hash_)
 
     def _victim(self, protect: str | None) -> str | None:
-        return self._first_unpinned(self._entries, protect)
+        return self._first_unpinned_slot(self._order, protect)
 
     def _discard(self, hash_: str) -> bool:
-        size = self._entries.pop(hash_, None)
-        if size is None:
+        slot = self._slot(hash_)
+        if slot == EMPTY:
             return False
-        self.used_bytes -= size
+        self._order.unlink(slot)
+        self.used_bytes -= self.slab.sizes[slot]
+        self.slab.remove(slot)
         self._changed_entry(hash_)
         return True
 
     def _state(self, hash_: str) -> State | None:
-        size = self._entries.get(hash_)
-        return None if size is None else (size, 0, 0, 0, None)
+        slot = self._slot(hash_)
+        return None if slot == EMPTY else (self.slab.sizes[slot], 0, 0, 0, None)
 
-    def _restore(self, row: Row) -> None:
-        self._entries[row[0]] = row[1]
+    def _restore(self, row: Row, front: bool = False) -> None:
+        slot = self._new_slot(row[0], row[1])
+        self._order.push_front(slot) if front else self._order.push_back(slot)
         self.used_bytes += row[1]
+
+    def _lists(self) -> list[DList]:
+        return [self._order]
 
 
 class LRUPolicy(_OrderedPolicy):
@@ -282,7 +368,9 @@ class LRUPolicy(_OrderedPolicy):
     name = "lru"
 
     def _use(self, hash_: str) -> None:
-        self._entries.move_to_end(hash_)
+        slot = self._slot(hash_)
+        self._order.unlink(slot)
+        self._order.push_back(slot)
         self._changed_entry(hash_)
 
 
@@ -295,114 +383,128 @@ class SimplePolicy(_OrderedPolicy):
         pass
 
 
-class LFUDAPolicy(Policy):
+class LFUDAPolicy(_SlabPolicy):
     """LFU with dynamic aging: priority = age + uses; evicting raises the age to the victim's priority.
 
     A newcomer starts at age + 1, so a blob that was popular long ago but is no longer used is eventually
-    overtaken by newer blobs and leaves, which plain LFU never allows. Ties go to the least recent. Uses
-    push a new heap item; stale items are skipped when they surface and the heap is rebuilt when more than
-    half of it is stale.
+    overtaken by newer blobs and leaves, which plain LFU never allows. Ties go to the least recent (the
+    lower sequence number). The entries form an indexed binary min-heap of slots ordered by (prio, seq):
+    a use only raises an entry's key, so it sinks a few levels at most; an eviction takes the root.
     """
 
     name = "lfu"
+    EXTRA = {"prio": "q", "seq": "q", "freq": "I", "pos": "i"}
 
     def __init__(self, capacity: int):
         super().__init__(capacity)
-        self._entries: dict[str, list[int]] = {}  # hash -> [prio, seq, freq, size]
-        self._heap: list[tuple[int, int, str]] = []  # (prio, seq, hash), lazily invalidated
+        self._heap = array("i")
         self._age = 0
         self._seq_high = 0
         self._seq_low = 0
 
     def __contains__(self, hash_: object) -> bool:
-        return hash_ in self._entries
+        return self._slot(hash_) != EMPTY
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.slab)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._entries, key=lambda h: self._entries[h][:2]))
+        prio, seq = self.slab.extra["prio"], self.slab.extra["seq"]
+        return iter([self.slab.hex(slot) for slot in sorted(self._heap, key=lambda s: (prio[s], seq[s]))])
 
     def frequency(self, hash_: str) -> int:
         """Uses counted for a cached blob (0 when adopted and never read)."""
-        return self._entries[hash_][2]
+        return self.slab.extra["freq"][self._slot(hash_)]
+
+    def _set_entry(self, slot: int, prio: int, seq: int, freq: int) -> None:
+        extra = self.slab.extra
+        extra["prio"][slot], extra["seq"][slot], extra["freq"][slot] = prio, seq, freq
 
     def _insert(self, hash_: str, size: int, cold: bool) -> None:
+        slot = self._new_slot(hash_, size)
         if cold:
             self._seq_low -= 1
-            entry = [self._age, self._seq_low, 0, size]
+            self._set_entry(slot, self._age, self._seq_low, 0)
         else:
             self._seq_high += 1
-            entry = [self._age + 1, self._seq_high, 1, size]
-        self._entries[hash_] = entry
+            self._set_entry(slot, self._age + 1, self._seq_high, 1)
         self.used_bytes += size
-        self._push(hash_, entry)
+        self._heap_push(slot)
         self._changed_entry(hash_)
 
     def _use(self, hash_: str) -> None:
-        entry = self._entries[hash_]
+        slot = self._slot(hash_)
+        freq = self.slab.extra["freq"][slot] + 1
         self._seq_high += 1
-        entry[2] += 1
-        entry[0] = self._age + entry[2]
-        entry[1] = self._seq_high
-        self._push(hash_, entry)
+        self._set_entry(slot, self._age + freq, self._seq_high, freq)
+        self._sift_down(self.slab.extra["pos"][slot])
         self._changed_entry(hash_)
 
     def _set_size(self, hash_: str, size: int) -> None:
-        entry = self._entries[hash_]
-        self.used_bytes += size - entry[3]
-        entry[3] = size
+        slot = self._slot(hash_)
+        self.used_bytes += size - self.slab.sizes[slot]
+        self.slab.sizes[slot] = size
         self._changed_entry(hash_)
 
-    def _push(self, hash_: str, entry: list[int]) -> None:
-        heapq.heappush(self._heap, (entry[0], entry[1], hash_))
-        if len(self._heap) > 2 * len(self._entries) + 1024:
-            self._heap = [(e[0], e[1], h) for h, e in self._entries.items()]
-            heapq.heapify(self._heap)
-
     def _victim(self, protect: str | None) -> str | None:
-        skipped = []
-        victim = None
-        while self._heap:
-            prio, seq, hash_ = self._heap[0]
-            entry = self._entries.get(hash_)
-            if entry is None or entry[0] != prio or entry[1] != seq:
-                heapq.heappop(self._heap)  # stale
-                continue
-            if hash_ == protect or hash_ in self._pinned:
-                skipped.append(heapq.heappop(self._heap))
-                continue
-            victim = hash_
-            break
-        for item in skipped:
-            heapq.heappush(self._heap, item)
-        return victim
+        # The heap's smallest entry that is neither pinned nor protected: walk down from the root in key
+        # order, which only goes past the (few) pinned entries.
+        heap, prio, seq = self._heap, self.slab.extra["prio"], self.slab.extra["seq"]
+        if not heap:
+            return None
+        frontier = [(prio[heap[0]], seq[heap[0]], 0)]
+        while frontier:
+            _, _, i = heapq.heappop(frontier)
+            hash_ = self.slab.hex(heap[i])
+            if hash_ != protect and hash_ not in self._pinned:
+                return hash_
+            for child in (2 * i + 1, 2 * i + 2):
+                if child < len(heap):
+                    heapq.heappush(frontier, (prio[heap[child]], seq[heap[child]], child))
+        return None
 
     def _evict(self, hash_: str) -> None:
-        self._age = self._entries[hash_][0]
+        self._age = self.slab.extra["prio"][self._slot(hash_)]
         self._discard(hash_)
 
     def _discard(self, hash_: str) -> bool:
-        entry = self._entries.pop(hash_, None)
-        if entry is None:
+        slot = self._slot(hash_)
+        if slot == EMPTY:
             return False
-        self.used_bytes -= entry[3]
+        self._heap_remove(self.slab.extra["pos"][slot])
+        self.used_bytes -= self.slab.sizes[slot]
+        self.slab.remove(slot)
         self._changed_entry(hash_)
         return True
 
     def _state(self, hash_: str) -> State | None:
-        entry = self._entries.get(hash_)
-        return None if entry is None else (entry[3], 0, entry[2], entry[0], entry[1])
+        slot = self._slot(hash_)
+        if slot == EMPTY:
+            return None
+        extra = self.slab.extra
+        return self.slab.sizes[slot], 0, extra["freq"][slot], extra["prio"][slot], extra["seq"][slot]
 
-    def _restore(self, row: Row) -> None:
+    def _restore(self, row: Row, front: bool = False) -> None:
         hash_, size, _lst, rank, freq, prio = row
-        self._entries[hash_] = [prio, rank, freq, size]
+        slot = self._new_slot(hash_, size)
+        self._set_entry(slot, prio, rank, freq)
         self.used_bytes += size
+        self._heap_push(slot)
 
     def _loaded(self) -> None:
-        self._heap = [(e[0], e[1], h) for h, e in self._entries.items()]
-        heapq.heapify(self._heap)
         self._seq_high, self._seq_low = max(self._top_rank, 0), min(self._bottom_rank, 0)
+
+    def snapshot_buffers(self) -> list:
+        return [*super().snapshot_buffers(), self._heap]
+
+    def _snapshot_extra(self) -> dict:
+        return {"heap": len(self._heap)}
+
+    def _restore_snapshot_extra(self, header: dict, f) -> None:
+        self._heap = array("i", [0]) * header["heap"]
+        view = memoryview(self._heap).cast("B")
+        if f.readinto(view) != len(view):
+            raise ValueError("the saved index is shorter than its header says")
 
     def meta(self) -> dict[str, float]:
         return {"age": self._age}
@@ -410,145 +512,203 @@ class LFUDAPolicy(Policy):
     def _restore_meta(self, meta: dict[str, float]) -> None:
         self._age = int(meta.get("age", 0))
 
+    # --- the indexed heap ----------------------------------------------------------------------------
+
+    def _less(self, a: int, b: int) -> bool:
+        prio, seq = self.slab.extra["prio"], self.slab.extra["seq"]
+        return prio[a] < prio[b] or (prio[a] == prio[b] and seq[a] < seq[b])
+
+    def _heap_push(self, slot: int) -> None:
+        self._heap.append(slot)
+        self.slab.extra["pos"][slot] = len(self._heap) - 1
+        self._sift_up(len(self._heap) - 1)
+
+    def _heap_remove(self, i: int) -> None:
+        heap, pos = self._heap, self.slab.extra["pos"]
+        last = heap.pop()
+        if i < len(heap):
+            heap[i] = last
+            pos[last] = i
+            self._sift_up(i)
+            self._sift_down(pos[last])
+
+    def _sift_up(self, i: int) -> None:
+        heap, pos, less = self._heap, self.slab.extra["pos"], self._less
+        slot = heap[i]
+        while i > 0:
+            parent = (i - 1) >> 1
+            if not less(slot, heap[parent]):
+                break
+            heap[i] = heap[parent]
+            pos[heap[i]] = i
+            i = parent
+        heap[i] = slot
+        pos[slot] = i
+
+    def _sift_down(self, i: int) -> None:
+        heap, pos, less = self._heap, self.slab.extra["pos"], self._less
+        n = len(heap)
+        slot = heap[i]
+        while True:
+            child = 2 * i + 1
+            if child >= n:
+                break
+            if child + 1 < n and less(heap[child + 1], heap[child]):
+                child += 1
+            if not less(heap[child], slot):
+                break
+            heap[i] = heap[child]
+            pos[heap[i]] = i
+            i = child
+        heap[i] = slot
+        pos[slot] = i
+
+
 
 T1, T2, B1, B2 = 0, 1, 2, 3  # ARC lists; also the saved `lst`
 
 
-class ARCPolicy(Policy):
+class ARCPolicy(_SlabPolicy):
     """Adaptive replacement (Megiddo & Modha) measured in bytes.
 
     T1 holds blobs used once recently, T2 blobs used at least twice; B1/B2 remember (hash, size) of blobs
     recently evicted from each. A miss that hits a ghost in B1 means T1 was too small: the byte target p for
     T1 grows by the ghost's size (scaled by |B2|/|B1| as in ARC); a ghost in B2 shrinks it. Eviction takes
     T1's oldest while T1 holds more than p bytes, else T2's oldest. Ghosts are bounded as in ARC by bytes
-    (T1+B1 <= c, all four <= 2c) and, because tiny blobs would make that a huge number of entries, also by
-    count (at most twice the cached blobs + 1024).
+    (T1+B1 <= c, all four <= 2c) and also by count: at most half the cached blobs + 1024, so that tiny
+    blobs cannot make them a huge number of entries, and the index stays within its memory per cached blob.
     """
 
     name = "arc"
+    EXTRA = {"lst": "B"}
 
     def __init__(self, capacity: int):
         super().__init__(capacity)
-        self._lists: tuple[OrderedDict[str, int], ...] = (OrderedDict(), OrderedDict(), OrderedDict(), OrderedDict())
-        self._bytes = [0, 0, 0, 0]
+        self._arc = tuple(DList(self.slab) for _ in range(4))
         self._target = 0.0  # p: bytes T1 should hold
         self._ghost_b2_hit = False
 
     def __contains__(self, hash_: object) -> bool:
-        return hash_ in self._lists[T1] or hash_ in self._lists[T2]
+        slot = self._slot(hash_)
+        return slot != EMPTY and self.slab.extra["lst"][slot] <= T2
 
     def __len__(self) -> int:
-        return len(self._lists[T1]) + len(self._lists[T2])
+        return len(self._arc[T1]) + len(self._arc[T2])
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._lists[T1]) + list(self._lists[T2]))
+        return iter([self.slab.hex(slot) for lst in (T1, T2) for slot in self._arc[lst]])
 
     def list_of(self, hash_: str) -> str | None:
         """'T1', 'T2', 'B1', 'B2' or None (for tests and status)."""
-        for index, name in enumerate(("T1", "T2", "B1", "B2")):
-            if hash_ in self._lists[index]:
-                return name
-        return None
+        slot = self._slot(hash_)
+        return None if slot == EMPTY else ("T1", "T2", "B1", "B2")[self.slab.extra["lst"][slot]]
 
     @property
     def target(self) -> float:
         return self._target
 
-    def _place(self, hash_: str, size: int, lst: int) -> None:
-        self._lists[lst][hash_] = size
-        self._bytes[lst] += size
+    def _place(self, slot: int, lst: int, front: bool = False) -> None:
+        self.slab.extra["lst"][slot] = lst
+        self._arc[lst].push_front(slot) if front else self._arc[lst].push_back(slot)
         if lst <= T2:
-            self.used_bytes += size
+            self.used_bytes += self.slab.sizes[slot]
 
-    def _take(self, hash_: str) -> tuple[int, int] | None:
-        """Remove an entry from whichever list holds it: (list, size) or None."""
-        for lst in (T1, T2, B1, B2):
-            size = self._lists[lst].pop(hash_, None)
-            if size is not None:
-                self._bytes[lst] -= size
-                if lst <= T2:
-                    self.used_bytes -= size
-                return lst, size
-        return None
+    def _unplace(self, slot: int) -> int:
+        """Take a slot out of its list (it keeps its slot); returns the list it was in."""
+        lst = self.slab.extra["lst"][slot]
+        self._arc[lst].unlink(slot)
+        if lst <= T2:
+            self.used_bytes -= self.slab.sizes[slot]
+        return lst
 
     def _insert(self, hash_: str, size: int, cold: bool) -> None:
-        ghost = self._take(hash_)
+        slot = self._slot(hash_)
+        ghost = None
+        if slot != EMPTY:  # a ghost (add() only inserts what is not cached)
+            ghost = self._unplace(slot)
+            self.slab.sizes[slot] = size
+        else:
+            slot = self._new_slot(hash_, size)
         if cold:
             ghost = None  # a file found on disk says nothing about how the lists should be balanced
-        self._ghost_b2_hit = ghost is not None and ghost[0] == B2
+        self._ghost_b2_hit = ghost == B2
         if ghost is None:
-            self._place(hash_, size, T1)
-            if cold:
-                self._lists[T1].move_to_end(hash_, last=False)
+            self._place(slot, T1, front=cold)
         else:
             # the ghost was just taken out of its list: count it back in, as ARC's |B1| and |B2| do
-            b1 = self._bytes[B1] + (size if ghost[0] == B1 else 0)
-            b2 = self._bytes[B2] + (size if ghost[0] == B2 else 0)
-            if ghost[0] == B1:
+            b1 = self._arc[B1].bytes + (size if ghost == B1 else 0)
+            b2 = self._arc[B2].bytes + (size if ghost == B2 else 0)
+            if ghost == B1:
                 self._target = min(float(self.capacity), self._target + max(b2 / b1, 1.0) * size)
             else:
                 self._target = max(0.0, self._target - max(b1 / b2, 1.0) * size)
-            self._place(hash_, size, T2)
+            self._place(slot, T2)
         self._changed_entry(hash_, COLD if cold else HOT)
         self._trim_ghosts()
 
     def _use(self, hash_: str) -> None:
-        lst, size = self._take(hash_)  # type: ignore[misc]
-        self._place(hash_, size, T2)
+        slot = self._slot(hash_)
+        self._unplace(slot)
+        self._place(slot, T2)
         self._changed_entry(hash_)
 
     def _set_size(self, hash_: str, size: int) -> None:
-        lst = T1 if hash_ in self._lists[T1] else T2
-        old = self._lists[lst][hash_]
-        self._lists[lst][hash_] = size
-        self._bytes[lst] += size - old
-        self.used_bytes += size - old
+        slot = self._slot(hash_)
+        lst = self._unplace(slot)
+        self.slab.sizes[slot] = size
+        self._place(slot, lst)
         self._changed_entry(hash_)
 
     def _victim(self, protect: str | None) -> str | None:
-        t1_first = self._bytes[T1] > self._target or (self._ghost_b2_hit and self._bytes[T1] >= self._target)
+        t1 = self._arc[T1].bytes
+        t1_first = t1 > self._target or (self._ghost_b2_hit and t1 >= self._target)
         order = (T1, T2) if t1_first else (T2, T1)
         for lst in order:
-            victim = self._first_unpinned(self._lists[lst], protect)
+            victim = self._first_unpinned_slot(self._arc[lst], protect)
             if victim is not None:
                 return victim
         return None
 
     def _evict(self, hash_: str) -> None:
-        lst, size = self._take(hash_)  # type: ignore[misc]
-        self._place(hash_, size, B1 if lst == T1 else B2)
+        slot = self._slot(hash_)
+        lst = self._unplace(slot)
+        self._place(slot, B1 if lst == T1 else B2)
         self._changed_entry(hash_)
         self._trim_ghosts()
 
     def _discard(self, hash_: str) -> bool:
-        taken = self._take(hash_)
-        if taken is None:
+        slot = self._slot(hash_)
+        if slot == EMPTY:
             return False
+        lst = self._unplace(slot)
+        self.slab.remove(slot)
         self._changed_entry(hash_)
-        return taken[0] <= T2
+        return lst <= T2
 
     def _trim_ghosts(self) -> None:
-        lists, sizes = self._lists, self._bytes
-        max_ghosts = 2 * len(self) + 1024
-        while lists[B1] and (sizes[T1] + sizes[B1] > self.capacity or len(lists[B1]) > max_ghosts // 2):
+        arc = self._arc
+        max_ghosts = len(self) // 2 + 1024
+        while arc[B1].length and (arc[T1].bytes + arc[B1].bytes > self.capacity
+                                  or arc[B1].length > max_ghosts // 2):
             self._drop_oldest(B1)
-        while lists[B2] and (sum(sizes) > 2 * self.capacity or len(lists[B1]) + len(lists[B2]) > max_ghosts):
+        while arc[B2].length and (sum(a.bytes for a in arc) > 2 * self.capacity
+                                  or arc[B1].length + arc[B2].length > max_ghosts):
             self._drop_oldest(B2)
 
     def _drop_oldest(self, lst: int) -> None:
-        hash_, size = self._lists[lst].popitem(last=False)
-        self._bytes[lst] -= size
+        slot = self._arc[lst].head
+        hash_ = self.slab.hex(slot)
+        self._arc[lst].unlink(slot)
+        self.slab.remove(slot)
         self._changed_entry(hash_)
 
     def _state(self, hash_: str) -> State | None:
-        for lst in (T1, T2, B1, B2):
-            size = self._lists[lst].get(hash_)
-            if size is not None:
-                return size, lst, 0, 0, None
-        return None
+        slot = self._slot(hash_)
+        return None if slot == EMPTY else (self.slab.sizes[slot], self.slab.extra["lst"][slot], 0, 0, None)
 
-    def _restore(self, row: Row) -> None:
-        self._place(row[0], row[1], row[2] if row[2] in (T1, T2, B1, B2) else T1)
+    def _restore(self, row: Row, front: bool = False) -> None:
+        slot = self._new_slot(row[0], row[1])
+        self._place(slot, row[2] if row[2] in (T1, T2, B1, B2) else T1, front)
 
     def _loaded(self) -> None:
         self._trim_ghosts()
@@ -558,6 +718,9 @@ class ARCPolicy(Policy):
 
     def _restore_meta(self, meta: dict[str, float]) -> None:
         self._target = min(float(meta.get("p", 0.0)), float(self.capacity))
+
+    def _lists(self) -> list[DList]:
+        return list(self._arc)
 
 
 POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (LRUPolicy, LFUDAPolicy, ARCPolicy, SimplePolicy)}

@@ -92,7 +92,18 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8, help="concurrent client connections")
     parser.add_argument("--workers", type=int, default=2, help="workers of the edge appliance C")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
+    parser.add_argument("--index-entries", default="1000000", metavar="N[,N...]",
+                        help="also measure the cache index at these sizes, each policy (10000000 takes minutes); "
+                             "'' skips it")
+    parser.add_argument("--index-only", action="store_true", help="only the index measurement")
     args = parser.parse_args()
+    if args.index_entries:
+        import cache_index
+
+        rows = [row for n in args.index_entries.split(",") for row in cache_index.measure(int(n))]
+        cache_index.report(rows)
+    if args.index_only:
+        return 0
     tmp = Path(tempfile.mkdtemp(prefix="prism-bench-cache-"))
     apps: list[Appliance] = []
     try:
