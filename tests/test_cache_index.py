@@ -173,3 +173,35 @@ def test_open_index_builds_the_spec_s_policy_inside_the_cache_directory(tmp_path
     index.add(h(1), MB)
     index.close()
     assert os.path.exists(tmp_path / "index.snapshot")
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_a_crash_replays_the_journal_onto_the_snapshot(tmp_path, name):
+    import random
+
+    index, _ = open_index(tmp_path, name, 20 * MB)
+    rng = random.Random(3)
+    for step in range(2000):
+        key = h(rng.randrange(60))
+        roll = rng.random()
+        if roll < 0.05:
+            index.adopt([(key, rng.randint(1, MB))])
+        elif roll < 0.08:
+            index.forget(key)
+        elif key in index and roll < 0.7:
+            index.touch(key)
+        else:
+            index.add(key, rng.randint(1, MB))
+        if step % 41 == 0:
+            index.flush()
+        if step == 1000:
+            index.close()  # a snapshot in the middle: the rest goes to the journal after it
+            index, _ = open_index(tmp_path, name, 20 * MB)
+    index.flush()
+    index._close_quietly()  # crash
+    again, overflow = open_index(tmp_path, name, 20 * MB)
+    assert overflow == [] and again.needs_scan
+    assert list(again) == list(index.policy) and again.used_bytes == index.used_bytes
+    for i in range(100, 130):
+        assert again.add(h(i), MB) == index.policy.add(h(i), MB)
+    again.close()

@@ -132,16 +132,23 @@ class Policy(ABC):
         for hash_ in deletes:
             self._discard(hash_)
         for row in upserts:
-            self._discard(row[0])
             rank = row[3]
             front = rank < self._bottom_rank  # drained ranks only grow at the top or shrink at the bottom
-            self._restore(row, front)
+            if not self._move(row, front):
+                self._restore(row, front)
             if front:
                 self._bottom_rank = rank
             else:
                 self._top_rank = max(self._top_rank, rank)
         if meta:
             self._restore_meta(meta)
+
+    def _move(self, row: Row, front: bool) -> bool:
+        """Give an existing entry the saved state `row` in place; False when the entry does not exist."""
+        if not self._discard(row[0]):
+            return False
+        self._restore(row, front)
+        return True
 
     def settle(self) -> list[str]:
         """After a restore (and replays): derived state, then drop what exceeds the capacity (returned)."""
@@ -264,6 +271,17 @@ class _SlabPolicy(Policy):
             raise ValueError(f"not a blob hash: {hash_!r}")
         return self.slab.add(key, size)
 
+    def _move(self, row: Row, front: bool) -> bool:
+        slot = self._slot(row[0])
+        if slot == EMPTY:
+            return False
+        self._reposition(slot, row, front)
+        return True
+
+    @abstractmethod
+    def _reposition(self, slot: int, row: Row, front: bool) -> None:
+        """Give the entry in `slot` the saved state `row` (size, list, place) without freeing the slot."""
+
     # --- snapshots: the arrays as they are, read back without rebuilding anything ----------------------
 
     def snapshot_header(self) -> dict:
@@ -357,6 +375,12 @@ class _OrderedPolicy(_SlabPolicy):
         slot = self._new_slot(row[0], row[1])
         self._order.push_front(slot) if front else self._order.push_back(slot)
         self.used_bytes += row[1]
+
+    def _reposition(self, slot: int, row: Row, front: bool) -> None:
+        self._order.unlink(slot)
+        self.used_bytes += row[1] - self.slab.sizes[slot]
+        self.slab.sizes[slot] = row[1]
+        self._order.push_front(slot) if front else self._order.push_back(slot)
 
     def _lists(self) -> list[DList]:
         return [self._order]
@@ -514,9 +538,13 @@ class LFUDAPolicy(_SlabPolicy):
 
     # --- the indexed heap ----------------------------------------------------------------------------
 
-    def _less(self, a: int, b: int) -> bool:
-        prio, seq = self.slab.extra["prio"], self.slab.extra["seq"]
-        return prio[a] < prio[b] or (prio[a] == prio[b] and seq[a] < seq[b])
+    def _reposition(self, slot: int, row: Row, front: bool) -> None:
+        self.used_bytes += row[1] - self.slab.sizes[slot]
+        self.slab.sizes[slot] = row[1]
+        self._set_entry(slot, row[5], row[3], row[4])
+        pos = self.slab.extra["pos"]
+        self._sift_up(pos[slot])
+        self._sift_down(pos[slot])
 
     def _heap_push(self, slot: int) -> None:
         self._heap.append(slot)
@@ -532,38 +560,45 @@ class LFUDAPolicy(_SlabPolicy):
             self._sift_up(i)
             self._sift_down(pos[last])
 
+    # The comparisons are written out (no helper call): these loops are what a use and an eviction cost.
     def _sift_up(self, i: int) -> None:
-        heap, pos, less = self._heap, self.slab.extra["pos"], self._less
+        heap, extra = self._heap, self.slab.extra
+        pos, prio, seq = extra["pos"], extra["prio"], extra["seq"]
         slot = heap[i]
+        key = (prio[slot], seq[slot])
         while i > 0:
             parent = (i - 1) >> 1
-            if not less(slot, heap[parent]):
+            other = heap[parent]
+            if key >= (prio[other], seq[other]):
                 break
-            heap[i] = heap[parent]
-            pos[heap[i]] = i
+            heap[i] = other
+            pos[other] = i
             i = parent
         heap[i] = slot
         pos[slot] = i
 
     def _sift_down(self, i: int) -> None:
-        heap, pos, less = self._heap, self.slab.extra["pos"], self._less
+        heap, extra = self._heap, self.slab.extra
+        pos, prio, seq = extra["pos"], extra["prio"], extra["seq"]
         n = len(heap)
         slot = heap[i]
+        key = (prio[slot], seq[slot])
         while True:
             child = 2 * i + 1
             if child >= n:
                 break
-            if child + 1 < n and less(heap[child + 1], heap[child]):
-                child += 1
-            if not less(heap[child], slot):
+            child_key = (prio[heap[child]], seq[heap[child]])
+            if child + 1 < n:
+                right_key = (prio[heap[child + 1]], seq[heap[child + 1]])
+                if right_key < child_key:
+                    child, child_key = child + 1, right_key
+            if child_key >= key:
                 break
             heap[i] = heap[child]
             pos[heap[i]] = i
             i = child
         heap[i] = slot
         pos[slot] = i
-
-
 
 T1, T2, B1, B2 = 0, 1, 2, 3  # ARC lists; also the saved `lst`
 
@@ -718,6 +753,11 @@ class ARCPolicy(_SlabPolicy):
 
     def _restore_meta(self, meta: dict[str, float]) -> None:
         self._target = min(float(meta.get("p", 0.0)), float(self.capacity))
+
+    def _reposition(self, slot: int, row: Row, front: bool) -> None:
+        self._unplace(slot)
+        self.slab.sizes[slot] = row[1]
+        self._place(slot, row[2] if row[2] in (T1, T2, B1, B2) else T1, front)
 
     def _lists(self) -> list[DList]:
         return list(self._arc)

@@ -35,7 +35,7 @@ index.load()
 started = time.perf_counter()
 for i in range(count):
     index.add(os.urandom(48).hex(), 2_000_000)
-    if i % 200_000 == 0:
+    if i % 10_000 == 0:  # the manager flushes about once a second
         index.flush()
 index.flush()
 build = time.perf_counter() - started
