@@ -29,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from appliance import __version__, ipc, logs, metrics
-from appliance.config import Config
+from appliance.config import MAX_WORKERS, Config, worker_count
 from appliance.scoreboard import Scoreboard
 from appliance.sdnotify import Notifier
 
@@ -106,7 +106,7 @@ class Supervisor:
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.children: dict[int, Child] = {}  # pid -> child
         self.worker_sockets: dict[int, dict[str, socket.socket]] = {}
-        self.target_workers = config.workers or (os.cpu_count() or 1)
+        self.target_workers = worker_count(config)
         self.free_slots = list(range(MAX_SLOTS))
         self.scoreboard: Scoreboard | None = None
         self.notifier = Notifier()
@@ -465,7 +465,7 @@ class Supervisor:
     def all_ready(self) -> bool:
         for role, target in self.roles().items():
             ready = [c for c in self.children.values() if c.role == role and c.ready and not c.retiring]
-            if len(ready) < target:
+            if len(ready) < max(target, 1 if role == "worker" else 0):  # never READY with no worker
                 return False
         return True
 
@@ -517,6 +517,8 @@ class Supervisor:
             delta = params if what == "workers" else (1 if what == "ttin" else -1)
             if self.target_workers + delta < 1:
                 log.warning("keeping the last worker (TTOU ignored)")
+            elif self.target_workers + delta > MAX_WORKERS:
+                log.warning("already at the most workers allowed, %d (TTIN ignored)", MAX_WORKERS)
             elif not self.stopping:
                 self.target_workers += delta
                 log.info("workers: %d", self.target_workers)
@@ -543,7 +545,7 @@ class Supervisor:
             old_roles = {k: v for k, v in self.config.values.items()}
             self.config = new
             self._write_config_fd()
-            self.target_workers = new.workers or self.target_workers
+            self.target_workers = new.workers if new.workers > 0 else self.target_workers
             self._restart_roles_with_changed_config(old_roles)
         log.info("reloading: replacing workers one at a time")
         self.reloading = True
