@@ -314,8 +314,9 @@ class Config:
                 if k in BY_KEY}
 
     def secret_values(self) -> list[str]:
-        """The values of the secret settings that are set, for masking them in logs."""
-        return [v for k, v in self.values.items() if k in BY_KEY and BY_KEY[k].secret and isinstance(v, str) and v]
+        """The values of the secret settings that are set (a built-in default is no secret), to mask in logs."""
+        return [v for k, v in self.values.items() if k in BY_KEY and BY_KEY[k].secret and isinstance(v, str) and v
+                and v != BY_KEY[k].default]
 
 
 def resolve(file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,

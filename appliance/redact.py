@@ -44,8 +44,9 @@ class Redactor:
         for secret in secrets:
             if not isinstance(secret, str):
                 continue
-            found.update(s for s in (secret, *_parts(secret)) if len(s) >= MIN_SECRET)
-        self.secrets = sorted(found, key=len, reverse=True)  # longest first: a part never splits a whole
+            if len(secret) >= MIN_SECRET:
+                found.add(secret)
+        self.secrets = sorted(found, key=len, reverse=True)  # longest first: a shorter one never splits it
 
     def __call__(self, text: str) -> str:
         for secret in self.secrets:
@@ -53,13 +54,3 @@ class Redactor:
                 text = text.replace(secret, MASK)
         return userinfo(text)
 
-
-def _parts(secret: str) -> list[str]:
-    """The password inside a secret DSN or URL, which a message may quote on its own."""
-    match = _DSN_PASSWORD.search(secret)
-    if match:
-        return [secret[match.start() + len(match.group(1)) + 1:match.start(2) - 1]]
-    match = re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*://([^/@\s]*)@", secret)
-    if match:
-        return [match.group(1).partition(":")[2]]
-    return []
