@@ -147,6 +147,7 @@ class Supervisor:
         self.reload_previous: tuple[Config, int] | None = None  # config and worker count to go back to
         self.reload_role_changes: dict[str, Any] | None = None  # old values: restart roles once a new worker is up
         self.reload_waiters: list[_Reply] = []
+        self.rolling_back = False  # a failed reload's new workers are being replaced by the previous config's
         self.last_reload: dict[str, Any] | None = None
         self.boot_failures: dict[str, int] = {}
         self.respawn_at: dict[tuple[str, int], float] = {}
@@ -383,7 +384,7 @@ class Supervisor:
 
     def _child_exited(self, child: Child, code: int) -> None:
         cause = f"killed by {_signal_name(-code)}" if code < 0 else f"exit code {code}"
-        if self.reloading and child.role == "worker" and not child.old and not child.ready and not (
+        if self.reloading and not self.rolling_back and not child.old and not child.ready and not (
                 child.retiring or self.stopping):
             self._reload_failed(child, self._boot_error(child) or cause)
             return
@@ -448,6 +449,11 @@ class Supervisor:
         """HUP: replace workers one at a time; the old one retires only once its successor is ready."""
         if not self.reloading:
             return
+        if self.reload_role_changes is not None and (not self.replace_queue or any(
+                c.role == "worker" and c.ready and not c.old for c in self.children.values())):
+            # A worker boots with the new config: now the support roles whose settings changed take it.
+            self._restart_roles_with_changed_config(self.reload_role_changes)
+            self.reload_role_changes = None
         olds = [c for c in self.children.values() if c.role == "worker" and not c.retiring and c.old]
         if self.replace_queue:
             index = self.replace_queue[0]
@@ -457,20 +463,19 @@ class Supervisor:
             if not fresh:
                 self.spawn("worker", index)
             elif fresh[0].ready:
-                if self.reload_role_changes is not None:  # the new config boots: now the support roles take it
-                    self._restart_roles_with_changed_config(self.reload_role_changes)
-                    self.reload_role_changes = None
                 for old in (c for c in current if c.old):
                     self.stop_child(old, graceful=True)
                 self.replace_queue.pop(0)
             return
-        if not olds:
+        if not olds and self.all_ready():  # the restarted support roles too: one that cannot boot rolls back
             self.reloading = False
-            log.info("reload complete")
             self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
-            if self.reload_role_changes is not None:  # no worker was replaced (none running)
-                self._restart_roles_with_changed_config(self.reload_role_changes)
-            self._reload_finished(None)
+            if self.rolling_back:
+                self.rolling_back = False
+                log.info("reload rolled back: every worker runs the previous config")
+            else:
+                log.info("reload complete")
+                self._reload_finished(None)
 
     def check_heartbeats(self) -> None:
         now = time.monotonic()
@@ -620,22 +625,31 @@ class Supervisor:
                                      if c.role == "worker" and c.index < self.target_workers})
 
     def _reload_failed(self, child: Child, reason: str) -> None:
-        """A worker of the new config failed at boot: go back to the previous config, keep the old workers."""
+        """A process of the new config failed at boot: go back to the previous config, keep the old workers.
+
+        New workers still booting are stopped; those already serving are replaced one at a time by workers
+        of the previous config (a rollback: a failure during it is handled as any other boot failure).
+        """
         message = f"{child.name} could not start with the new config: {reason}"
-        log.error("reload failed: %s; the running workers keep serving with the previous config", message)
+        log.error("reload failed: %s; going back to the previous config (the old workers keep serving)", message)
         new_values = dict(self.config.values)
         self.config, self.target_workers = self.reload_previous
         self._write_config_fd()
         if self.reload_role_changes is None:  # the support roles already took the new config: back they go
             self._restart_roles_with_changed_config(new_values)
+        serving = []
         for other in list(self.children.values()):
             if other.role == "worker" and not other.old and not other.retiring:
-                self.stop_child(other, graceful=True)  # manage() refills their slots with the previous config
+                if other.ready and other.index < self.target_workers:
+                    serving.append(other)
+                else:
+                    self.stop_child(other, graceful=True)
         for other in self.children.values():
-            other.old = False
-        self.reloading = False
-        self.replace_queue = []
-        self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+            other.old = other in serving
+        self.replace_queue = sorted(c.index for c in serving)
+        self.reloading = self.rolling_back = bool(serving)
+        if not serving:
+            self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
         self._reload_finished(message)
 
     def _reload_finished(self, error: str | None, reply: _Reply | None = None) -> None:

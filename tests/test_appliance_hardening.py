@@ -107,6 +107,23 @@ def test_a_reload_whose_workers_cannot_boot_keeps_the_old_workers_serving(applia
     assert child_starts(app) < 12, app.log()
 
 
+def test_a_reload_whose_http3_process_cannot_boot_is_rolled_back(appliance, tmp_path):
+    good = dict(workers="1", storage_dir=f'"{tmp_path / "blobs"}"', graceful_timeout="10")
+    conf = write_conf(tmp_path / "appliance.toml", **good)
+    app = appliance("--conf", str(conf), "--http3-peer-port", str(free_ports(1)[0]), http3=True)
+    write_conf(conf, **{**good, "http3_cert": f'"{tmp_path / "missing-cert.pem"}"'})
+    result = app.ctl("reload")
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "reload failed: http3 could not start with the new config" in result.stderr, result.stderr
+    app.wait_for(lambda s: s["state"] == "ready" and all(p["state"] == "ready" for p in s["processes"])
+                 and any(p["role"] == "http3" for p in s["processes"]), "HTTP/3 back with the previous config")
+    # the worker that had taken the new config is replaced by one of the previous config
+    poll(lambda: "reload rolled back: every worker runs the previous config" in app.log(), 30, "the rollback")
+    assert app.status()["state"] == "ready" and app.status()["last_reload"]["ok"] is False
+    assert app.status()["config"]["values"]["http3_cert"] == ""
+    assert app.proc.poll() is None and child_starts(app) < 10
+
+
 def test_metrics_endpoint_bounds_2000_idle_connections(appliance):
     from appliance.supervisor import METRICS_TIMEOUT
 
