@@ -2,9 +2,10 @@
 
 A scrape is one small GET; so each connection gets `timeout` seconds to send its request head and
 `timeout` seconds to take the reply, then it is closed (one request per connection). At most
-`max_connections` are open: a new one pushes out the oldest that has not sent a request yet (so idle
-connections cannot lock Prometheus out), and is refused only when every slot is busy replying. No thread
-per connection, nothing written outside the log format: a client that hangs up mid-reply is a debug line.
+`max_connections` are open: a new one pushes out the oldest that has not sent a request yet or is already
+answered (so idle connections cannot lock Prometheus out), and is refused only when every slot is busy
+replying. No thread per connection, nothing written outside the log format: a client that hangs up
+mid-reply is a debug line.
 """
 from __future__ import annotations
 
@@ -20,18 +21,20 @@ from appliance.logs import Throttle
 log = logging.getLogger("supervisor")
 
 MAX_HEAD = 8192
+DRAIN_TIMEOUT = 2.0  # seconds a client has to close its side after the reply
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             431: "Request Header Fields Too Large", 500: "Internal Server Error"}
 
 
 class _Conn:
-    __slots__ = ("sock", "head", "out", "deadline")
+    __slots__ = ("sock", "head", "out", "deadline", "draining")
 
     def __init__(self, sock: socket.socket, deadline: float):
         self.sock = sock
         self.head = bytearray()
         self.out: memoryview | None = None  # the reply, once the request is in
         self.deadline = deadline
+        self.draining = False  # reply sent and write side shut: reading to EOF so no RST cuts the reply
 
 
 class MetricsServer:
@@ -104,7 +107,9 @@ class MetricsServer:
                 conn = self.conns.get(key.fileobj)
                 if conn is None:
                     continue
-                if events & selectors.EVENT_READ and conn.out is None:
+                if events & selectors.EVENT_READ and conn.draining:
+                    self._drain(conn)
+                elif events & selectors.EVENT_READ and conn.out is None:
                     self._read(conn)
                 elif events & selectors.EVENT_WRITE and conn.out is not None:
                     self._write(conn)
@@ -132,9 +137,9 @@ class MetricsServer:
             self._selector.register(sock, selectors.EVENT_READ)
 
     def _make_room(self) -> bool:
-        """Close the oldest connection that has not sent its request; False if every one is being answered."""
+        """Close the oldest connection that is idle or answered; False if every one is being answered."""
         for conn in self.conns.values():
-            if conn.out is None:
+            if conn.out is None or conn.draining:
                 suffix = self._throttle("full")
                 if suffix is not None:
                     log.warning("metrics endpoint: %d connections open; closing the oldest idle ones%s",
@@ -155,9 +160,10 @@ class MetricsServer:
             return
         conn.head += data
         end = conn.head.find(b"\r\n\r\n")
+        if end > MAX_HEAD or (end < 0 and len(conn.head) > MAX_HEAD):
+            self._reply(conn, 431, b"request header too large\n")
+            return
         if end < 0:
-            if len(conn.head) > MAX_HEAD:
-                self._reply(conn, 431, b"request header too large\n")
             return
         self._answer(conn, bytes(conn.head[:end]))
 
@@ -200,7 +206,24 @@ class MetricsServer:
             self._close(conn)
             return
         conn.out = conn.out[sent:]
-        if not conn.out:
+        if not conn.out:  # done: half-close, and wait (briefly) for the client's EOF
+            try:
+                conn.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                self._close(conn)
+                return
+            conn.draining = True
+            conn.deadline = min(conn.deadline, time.monotonic() + DRAIN_TIMEOUT)
+            self._selector.modify(conn.sock, selectors.EVENT_READ)
+
+    def _drain(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
             self._close(conn)
 
     def _close(self, conn: _Conn) -> None:
