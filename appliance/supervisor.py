@@ -638,10 +638,11 @@ class Supervisor:
         if self.reload_role_changes is None:  # the support roles already took the new config: back they go
             self._restart_roles_with_changed_config(new_values)
         serving = []
+        kept = {c.index for c in self.children.values() if c.role == "worker" and c.old and not c.retiring}
         for other in list(self.children.values()):
             if other.role == "worker" and not other.old and not other.retiring:
-                if other.ready and other.index < self.target_workers:
-                    serving.append(other)
+                if other.ready and other.index < self.target_workers and other.index not in kept:
+                    serving.append(other)  # its old worker is gone: it serves until its replacement is ready
                 else:
                     self.stop_child(other, graceful=True)
         for other in self.children.values():
@@ -679,7 +680,7 @@ class Supervisor:
             return
         self.stopping = "graceful" if graceful else "fast"
         self.notifier.notify("STOPPING=1")
-        if self.reloading:
+        if self.reloading and not self.rolling_back:
             self._reload_finished("the appliance is stopping")
         log.info("%s stop: %d children", "graceful" if graceful else "fast", len(self.children))
         self.stop_deadline = time.monotonic() + (self.config.graceful_timeout if graceful else 2.0) + 3.0
