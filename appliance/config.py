@@ -253,7 +253,8 @@ def convert(setting: Setting, value: Any) -> Any:
             return [str(v) for v in value]
         return str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{setting.key}: invalid {setting.type} value {value!r}") from None
+        allowed = f": allowed {setting.range}" if setting.range else ""
+        raise ConfigError(f"{setting.key}: invalid {setting.type} value {value!r}{allowed}") from None
 
 
 def load_file(path: str) -> dict[str, Any]:
