@@ -98,6 +98,8 @@ def test_a_reload_whose_workers_cannot_boot_keeps_the_old_workers_serving(applia
     assert status["last_reload"]["ok"] is False and "not-a-dir" in status["last_reload"]["error"]
     assert str(tmp_path / "blobs") == status["config"]["values"]["storage_dir"]  # the running config stays
     assert "reload failed" in app.log()
+    table = app.ctl("status").stdout
+    assert "reload  FAILED" in table and "not-a-dir" in table, table
 
     write_conf(conf, **good)  # fixed: the next reload goes through and replaces every worker
     result = app.ctl("reload")

@@ -95,6 +95,11 @@ def render_status(status: dict) -> str:
     udp = {"http3", "dht"}
     lines.append("ports   " + "  ".join(f"{name} {port}/{'udp' if name in udp else 'tcp'}"
                                          for name, port in status.get("ports", {}).items()))
+    reload = status.get("last_reload")
+    if reload:
+        ago = _duration(time.time() - reload["time"])
+        lines.append(f"reload  {'done' if reload['ok'] else 'FAILED'} {ago} ago"
+                     + ("" if reload["ok"] else f": {reload['error']} (the previous config is running)"))
     return "\n".join(lines)
 
 
