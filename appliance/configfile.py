@@ -66,7 +66,8 @@ def toml_value(value: Any) -> str:
 
 def _setting_lines(setting: cfg.Setting, value: Any, active: bool) -> list[str]:
     flag = f" [{setting.flag_name}]" if setting.flag_name else ""
-    lines = [f"# {setting.help}{flag}"]
+    allowed = f" (allowed: {setting.range})" if setting.range else ""
+    lines = [f"# {setting.help}{allowed}{flag}"]
     if value is None:
         lines.append(f"# {setting.key} = (unset)")
     elif active:

@@ -25,11 +25,11 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from appliance import __version__, ipc, logs, metrics
-from appliance.config import Config
+from appliance.config import MAX_WORKERS, Config, worker_count
+from appliance.metrics_server import MetricsServer
 from appliance.scoreboard import Scoreboard
 from appliance.sdnotify import Notifier
 
@@ -41,11 +41,30 @@ WORKER_PORTS = ("receiver", "tcp_peer", "http")  # services each gevent worker s
 PORT_SETTING = {"receiver": "receiver_port", "tcp_peer": "tcp_peer_port", "http": "http_peer_port"}
 BOOT_FAILURES_BEFORE_HALT = 5
 ROLES_ORDER = ("cache-manager", "dht", "http3", "worker")
+METRICS_TIMEOUT = 10.0  # seconds a /metrics client has to send its request, and again to take the reply
+METRICS_MAX_CONNECTIONS = 256
+RELOAD_WAIT = 120.0  # most seconds a control-socket `reload` waits for its outcome
 SERVING_ROLES = ("worker", "http3")  # stopped first; the other roles serve them
 
 
 class SupervisorError(Exception):
     """A condition that stops the appliance with one clear line (port in use, boot failure)."""
+
+
+class ReloadFailed(ValueError):
+    """A reload that was refused or rolled back; its message is the reason, for `appliancectl reload`."""
+
+
+class _Reply:
+    """The outcome of a command the main loop carries out, for the control thread that waits on it."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.error: str | None = None
+
+    def set(self, error: str | None) -> None:
+        self.error = error
+        self.event.set()
 
 
 @dataclass
@@ -60,6 +79,7 @@ class Child:
     retiring: bool = False  # asked to stop (HUP replacement, TTOU, shutdown)
     kill_at: float | None = None  # escalate to SIGKILL after this monotonic time
     old: bool = False  # of the generation a reload is replacing
+    killed_by: str | None = None  # why the supervisor itself killed it (None: any kill came from outside)
 
     @property
     def pid(self) -> int:
@@ -68,6 +88,13 @@ class Child:
     @property
     def name(self) -> str:
         return f"{self.role}-{self.index}" if self.role == "worker" else self.role
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _listen_tcp(host: str, port: int, reuseport: bool, backlog: int = 2048) -> socket.socket:
@@ -106,7 +133,7 @@ class Supervisor:
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.children: dict[int, Child] = {}  # pid -> child
         self.worker_sockets: dict[int, dict[str, socket.socket]] = {}
-        self.target_workers = config.workers or (os.cpu_count() or 1)
+        self.target_workers = worker_count(config)
         self.free_slots = list(range(MAX_SLOTS))
         self.scoreboard: Scoreboard | None = None
         self.notifier = Notifier()
@@ -117,6 +144,11 @@ class Supervisor:
         self.ready_sent = False
         self.reloading = False
         self.replace_queue: list[int] = []  # worker indices still to replace during a reload
+        self.reload_previous: tuple[Config, int] | None = None  # config and worker count to go back to
+        self.reload_role_changes: dict[str, Any] | None = None  # old values: restart roles once a new worker is up
+        self.reload_waiters: list[_Reply] = []
+        self.rolling_back = False  # a failed reload's new workers are being replaced by the previous config's
+        self.last_reload: dict[str, Any] | None = None
         self.boot_failures: dict[str, int] = {}
         self.respawn_at: dict[tuple[str, int], float] = {}
         self.backoff: dict[tuple[str, int], float] = {}
@@ -125,7 +157,7 @@ class Supervisor:
         self.lock = threading.Lock()  # guards self.children for the control thread
         self.config_fd: int | None = None
         self.control_server = None
-        self.metrics_server: ThreadingHTTPServer | None = None
+        self.metrics_server: MetricsServer | None = None
         self.started = time.time()
 
     # -- roles --------------------------------------------------------------------------------------
@@ -231,24 +263,9 @@ class Supervisor:
         threading.Thread(target=self.control_server.serve_forever, name="control", daemon=True).start()
 
     def _start_metrics_server(self) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                if self.path.split("?")[0] != "/metrics":
-                    self.send_error(404)
-                    return
-                body = metrics.render()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.metrics_server = ThreadingHTTPServer((self.host, self.config.metrics_port), Handler)
-        self.metrics_server.daemon_threads = True
-        threading.Thread(target=self.metrics_server.serve_forever, name="metrics", daemon=True).start()
+        """:2112 on its own bounded selector thread (timeouts, a connection cap), off the main loop."""
+        self.metrics_server = MetricsServer(self.host, self.config.metrics_port, metrics.render,
+                                            timeout=METRICS_TIMEOUT, max_connections=METRICS_MAX_CONNECTIONS).start()
 
     def handle_control(self, method: str, params: Any) -> Any:
         """Runs in the control thread: reads state, or enqueues a command for the main loop."""
@@ -256,7 +273,9 @@ class Supervisor:
             return "pong"
         if method == "status":
             return self.status()
-        if method in ("reload", "stop", "reopen-logs"):
+        if method == "reload":
+            return self._reload_and_wait(params)
+        if method in ("stop", "reopen-logs"):
             self.events.put(("command", method, params))
             return "ok"
         if method == "workers":
@@ -266,6 +285,19 @@ class Supervisor:
             self.events.put(("command", "workers", delta))
             return "ok"
         raise ValueError(f"unknown control command {method!r}")
+
+    def _reload_and_wait(self, params: Any) -> dict[str, Any]:
+        """Control thread: ask the main loop to reload and wait (within a bound) for the outcome."""
+        wait = RELOAD_WAIT
+        if isinstance(params, dict) and isinstance(params.get("wait"), int | float):
+            wait = max(0.0, min(float(params["wait"]), RELOAD_WAIT))
+        reply = _Reply()
+        self.events.put(("command", "reload", reply))
+        if not reply.event.wait(wait):
+            return {"result": "in progress", "waited": wait}
+        if reply.error:
+            raise ReloadFailed(reply.error)
+        return {"result": "done", "workers": self.target_workers}
 
     # -- status -------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -300,6 +332,7 @@ class Supervisor:
             "version": __version__, "pid": os.getpid(), "started": self.started,
             "state": self.stopping or ("reloading" if self.reloading else ("ready" if self.ready_sent else "starting")),
             "workers": self.target_workers, "processes": processes, "cache": cache, "dht": dht, "ports": ports,
+            "last_reload": self.last_reload,
             "config": {"path": self.config.path, "values": self.config.public()},
         }
 
@@ -350,7 +383,11 @@ class Supervisor:
             self._child_exited(child, code)
 
     def _child_exited(self, child: Child, code: int) -> None:
-        cause = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        cause = f"killed by {_signal_name(-code)}" if code < 0 else f"exit code {code}"
+        if self.reloading and not self.rolling_back and not child.old and not child.ready and not (
+                child.retiring or self.stopping):
+            self._reload_failed(child, self._boot_error(child) or cause)
+            return
         if child.retiring or self.stopping:
             log.info("%s (pid %d) stopped (%s)", child.name, child.pid, cause)
             if child.role == "worker" and child.index >= self.target_workers and not self._count("worker", child.index,
@@ -367,10 +404,12 @@ class Supervisor:
                 self.halt(f"{child.name} failed {BOOT_FAILURES_BEFORE_HALT} times before becoming ready; "
                           f"stopping the appliance")
                 return
-        if code == -signal.SIGKILL:
-            cause += " (killed: out of memory, or a stalled heartbeat)"
-        log.error("%s (pid %d) exited unexpectedly (%s); respawning", child.name, child.pid, cause)
-        metrics.CRASHES_TOTAL.labels(role=child.role, cause="signal" if code < 0 else "exit").inc()
+        if child.killed_by:  # counted when the supervisor killed it
+            log.error("%s (pid %d) %s by the supervisor (%s); respawning", child.name, child.pid, cause,
+                      child.killed_by)
+        else:  # a signal from outside (an operator, the OOM killer...): its name, no guessed cause
+            log.error("%s (pid %d) exited unexpectedly (%s); respawning", child.name, child.pid, cause)
+            metrics.CRASHES_TOTAL.labels(role=child.role, cause="signal" if code < 0 else "exit").inc()
         # Backoff grows for children that die young and resets for ones that ran a while.
         lived = time.monotonic() - child.started_mono
         delay = 0.0 if lived > 30 else min(max(self.backoff.get(key, 0.0) * 2, 0.1), 10.0)
@@ -410,6 +449,11 @@ class Supervisor:
         """HUP: replace workers one at a time; the old one retires only once its successor is ready."""
         if not self.reloading:
             return
+        if self.reload_role_changes is not None and (not self.replace_queue or any(
+                c.role == "worker" and c.ready and not c.old for c in self.children.values())):
+            # A worker boots with the new config: now the support roles whose settings changed take it.
+            self._restart_roles_with_changed_config(self.reload_role_changes)
+            self.reload_role_changes = None
         olds = [c for c in self.children.values() if c.role == "worker" and not c.retiring and c.old]
         if self.replace_queue:
             index = self.replace_queue[0]
@@ -423,10 +467,15 @@ class Supervisor:
                     self.stop_child(old, graceful=True)
                 self.replace_queue.pop(0)
             return
-        if not olds:
+        if not olds and self.all_ready():  # the restarted support roles too: one that cannot boot rolls back
             self.reloading = False
-            log.info("reload complete")
             self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+            if self.rolling_back:
+                self.rolling_back = False
+                log.info("reload rolled back: every worker runs the previous config")
+            else:
+                log.info("reload complete")
+                self._reload_finished(None)
 
     def check_heartbeats(self) -> None:
         now = time.monotonic()
@@ -441,6 +490,7 @@ class Supervisor:
             if record["pid"] != child.pid:
                 if now - child.started_mono > max(timeout, 60):
                     log.error("%s (pid %d) never reported in; killing it", child.name, child.pid)
+                    child.killed_by = f"it never reported in within {max(timeout, 60):.0f}s"
                     self._kill(child)
                 continue
             if record["state"] == "ready" and not child.ready:
@@ -454,7 +504,15 @@ class Supervisor:
                 log.error("%s (pid %d) heartbeat stalled for %.0fs; killing and replacing it", child.name,
                           child.pid, age)
                 metrics.CRASHES_TOTAL.labels(role=child.role, cause="heartbeat").inc()
+                child.killed_by = f"its heartbeat stalled for {age:.0f}s"
                 self._kill(child)
+
+    def _boot_error(self, child: Child) -> str | None:
+        """The reason a child that failed at boot posted to its scoreboard slot (read before the slot is reused)."""
+        record = self.scoreboard.read(child.slot) if self.scoreboard else {}
+        if record.get("pid") == child.pid and record.get("state") == "failed":
+            return (record.get("status") or {}).get("error")
+        return None
 
     def _kill(self, child: Child) -> None:
         try:
@@ -465,7 +523,7 @@ class Supervisor:
     def all_ready(self) -> bool:
         for role, target in self.roles().items():
             ready = [c for c in self.children.values() if c.role == role and c.ready and not c.retiring]
-            if len(ready) < target:
+            if len(ready) < max(target, 1 if role == "worker" else 0):  # never READY with no worker
                 return False
         return True
 
@@ -506,7 +564,7 @@ class Supervisor:
         elif what == "fast-stop":
             self.begin_stop(graceful=False)
         elif what == "reload":
-            self.reload()
+            self.reload(params if isinstance(params, _Reply) else None)
         elif what == "reopen-logs":
             logs.reopen()
             for child in self.children.values():
@@ -517,20 +575,32 @@ class Supervisor:
             delta = params if what == "workers" else (1 if what == "ttin" else -1)
             if self.target_workers + delta < 1:
                 log.warning("keeping the last worker (TTOU ignored)")
+            elif self.target_workers + delta > MAX_WORKERS:
+                log.warning("already at the most workers allowed, %d (TTIN ignored)", MAX_WORKERS)
             elif not self.stopping:
                 self.target_workers += delta
                 log.info("workers: %d", self.target_workers)
 
-    def reload(self) -> None:
+    def reload(self, reply: _Reply | None = None) -> None:
+        """HUP or `appliancectl reload`: re-read the config and replace the workers one at a time.
+
+        The support roles whose settings changed restart only once a worker of the new config is ready;
+        if a new worker fails at boot, the reload is rolled back (see _reload_failed).
+        """
         if self.stopping or self.reloading:
+            if reply is not None:
+                reply.set("the appliance is stopping" if self.stopping else "a reload is already in progress")
             return
         self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        new = self.config
         if self.reload_config is not None:
             try:
                 new = self.reload_config()
             except Exception as exc:  # a broken edit must not take the running appliance down
-                log.error("reload: keeping the running config: %s", exc)
+                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                log.error("reload: keeping the running config: %s", message)
                 self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+                self._reload_finished(f"the new config was refused: {message}", reply)
                 return
             port_keys = ("receiver_port", "tcp_peer_port", "http_peer_port", "metrics_port", "http3_peer_port",
                          "dht_port", "disable_uploads", "runtime_dir")
@@ -540,16 +610,56 @@ class Supervisor:
                             ", ".join(changed))
                 for key in changed:
                     new.values[key] = self.config.values[key]
-            old_roles = {k: v for k, v in self.config.values.items()}
-            self.config = new
-            self._write_config_fd()
-            self.target_workers = new.workers or self.target_workers
-            self._restart_roles_with_changed_config(old_roles)
+        self.reload_previous = (self.config, self.target_workers)
+        self.reload_role_changes = dict(self.config.values)
+        self.config = new
+        self._write_config_fd()
+        self.target_workers = new.workers if new.workers > 0 else self.target_workers
         log.info("reloading: replacing workers one at a time")
         self.reloading = True
+        if reply is not None:
+            self.reload_waiters.append(reply)
         for child in self.children.values():
             child.old = True
-        self.replace_queue = sorted({c.index for c in self.children.values() if c.role == "worker"})
+        self.replace_queue = sorted({c.index for c in self.children.values()
+                                     if c.role == "worker" and c.index < self.target_workers})
+
+    def _reload_failed(self, child: Child, reason: str) -> None:
+        """A process of the new config failed at boot: go back to the previous config, keep the old workers.
+
+        New workers still booting are stopped; those already serving are replaced one at a time by workers
+        of the previous config (a rollback: a failure during it is handled as any other boot failure).
+        """
+        message = f"{child.name} could not start with the new config: {reason}"
+        log.error("reload failed: %s; going back to the previous config (the old workers keep serving)", message)
+        new_values = dict(self.config.values)
+        self.config, self.target_workers = self.reload_previous
+        self._write_config_fd()
+        if self.reload_role_changes is None:  # the support roles already took the new config: back they go
+            self._restart_roles_with_changed_config(new_values)
+        serving = []
+        kept = {c.index for c in self.children.values() if c.role == "worker" and c.old and not c.retiring}
+        for other in list(self.children.values()):
+            if other.role == "worker" and not other.old and not other.retiring:
+                if other.ready and other.index < self.target_workers and other.index not in kept:
+                    serving.append(other)  # its old worker is gone: it serves until its replacement is ready
+                else:
+                    self.stop_child(other, graceful=True)
+        for other in self.children.values():
+            other.old = other in serving
+        self.replace_queue = sorted(c.index for c in serving)
+        self.reloading = self.rolling_back = bool(serving)
+        if not serving:
+            self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+        self._reload_finished(message)
+
+    def _reload_finished(self, error: str | None, reply: _Reply | None = None) -> None:
+        """Record a reload's outcome (status shows it) and tell whoever waits for it."""
+        self.last_reload = {"time": time.time(), "ok": error is None, "error": error}
+        self.reload_previous = self.reload_role_changes = None
+        waiters, self.reload_waiters = self.reload_waiters + ([reply] if reply else []), []
+        for waiter in waiters:
+            waiter.set(error)
 
     def _restart_roles_with_changed_config(self, old: dict[str, Any]) -> None:
         # Which settings each long-lived role reads (workers are always replaced on reload).
@@ -570,6 +680,8 @@ class Supervisor:
             return
         self.stopping = "graceful" if graceful else "fast"
         self.notifier.notify("STOPPING=1")
+        if self.reloading and not self.rolling_back:
+            self._reload_finished("the appliance is stopping")
         log.info("%s stop: %d children", "graceful" if graceful else "fast", len(self.children))
         self.stop_deadline = time.monotonic() + (self.config.graceful_timeout if graceful else 2.0) + 3.0
         for child in list(self.children.values()):

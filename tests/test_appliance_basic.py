@@ -118,7 +118,7 @@ def test_appliancectl_reload_reopen_logs_and_stop(appliance):
 
     old = set(app.worker_pids().values())
     result = app.ctl("reload")
-    assert result.returncode == 0 and result.stdout.strip() == "reload: requested", result
+    assert result.returncode == 0 and result.stdout.strip() == "reload: done (2 workers running the new config)", result
     app.wait_for(lambda s: s["state"] == "ready" and set(app.worker_pids().values()).isdisjoint(old)
                  and len(app.worker_pids()) == 2, "every worker replaced by the reload")
 

@@ -113,7 +113,7 @@ def test_missing_blob_is_404_and_remembered(server, blobs):
     conn.close()
 
 
-def test_origin_failure_is_500_with_a_short_text():
+def test_origin_failure_is_a_generic_500():
     dead = socket.socket()
     dead.bind(("127.0.0.1", 0))
     port = dead.getsockname()[1]
@@ -123,7 +123,7 @@ def test_origin_failure_is_500_with_a_short_text():
         conn.request("GET", f"/blob?hash={blob_hash(b'x')}")
         resp = conn.getresponse()
         body = resp.read()
-        assert resp.status == 500 and body.startswith(b"upstream 127.0.0.1:") and b"\n" not in body
+        assert (resp.status, body) == (500, b"internal server error")  # the upstream's address is for the log
         conn.request("HEAD", f"/blob?hash={blob_hash(b'x')}")
         assert conn.getresponse().status == 500
         conn.close()

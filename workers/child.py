@@ -77,6 +77,9 @@ def die_with_parent(parent_pid: int) -> None:
 
 def fail_boot(ctx: ChildContext | None, message: str, code: int) -> None:
     """Log the reason once and exit with `code` (3 = boot error: the supervisor halts the appliance)."""
+    from appliance.logs import redact
+
+    message = redact(message)
     print(f"{ctx.name if ctx else 'child'}[{os.getpid()}]: cannot start: {message}", file=sys.stderr, flush=True)
     if ctx is not None:
         ctx.post(FAILED, {"error": message})

@@ -30,6 +30,7 @@ def main() -> None:
     try:
         ctx = child.load()
         logs.setup(ctx.name, ctx.verbose, ctx.config.log_file)
+        logs.hide(ctx.config.secret_values())
         module = importlib.import_module(ROLE_MODULES[role])
         code = module.main(ctx)
     except child.BootError as exc:

@@ -7,8 +7,10 @@ embedded default (./run, what `scripts/run` uses).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import socket
 import sys
 import time
 
@@ -17,6 +19,8 @@ from appliance import ipc
 
 SERVICE_CONFIG = "/etc/reflector-appliance/config.toml"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+TIMEOUT = 10.0  # seconds to wait for an answer
+RELOAD_TIMEOUT = 120.0  # a reload answers once every worker is replaced, or the reload failed
 
 
 def control_socket(args: argparse.Namespace) -> str:
@@ -91,6 +95,11 @@ def render_status(status: dict) -> str:
     udp = {"http3", "dht"}
     lines.append("ports   " + "  ".join(f"{name} {port}/{'udp' if name in udp else 'tcp'}"
                                          for name, port in status.get("ports", {}).items()))
+    reload = status.get("last_reload")
+    if reload:
+        ago = _duration(time.time() - reload["time"])
+        lines.append(f"reload  {'done' if reload['ok'] else 'FAILED'} {ago} ago"
+                     + ("" if reload["ok"] else f": {reload['error']} (the previous config is running)"))
     return "\n".join(lines)
 
 
@@ -98,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="appliancectl", description="Control a running reflector appliance.")
     parser.add_argument("--runtime-dir", help="the appliance's runtime directory (holds control.sock)")
     parser.add_argument("--conf", help=f"read runtime_dir from this config (default: {SERVICE_CONFIG} if present)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help=f"seconds to wait for an answer (default: {TIMEOUT:g}; reload: {RELOAD_TIMEOUT:g})")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     status = sub.add_parser("status", help="processes, cache, DHT, ports, version and config")
     status.add_argument("--json", action="store_true", help="print one JSON object")
@@ -116,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     except cfg.ConfigError as exc:
         print(f"appliancectl: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    client = ipc.IpcClient(path, name="appliance", timeout=args.timeout)
+    timeout = args.timeout if args.timeout is not None else (RELOAD_TIMEOUT if args.verb == "reload" else TIMEOUT)
+    client = ipc.IpcClient(path, name="appliance", timeout=timeout)
     try:
+        if args.verb == "reload":
+            return _reload(client, timeout)
         if args.verb == "status":
             result = client.call("status")
             print(json.dumps(result, indent=2, sort_keys=True) if args.json else render_status(result))
@@ -128,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             client.call(args.verb)
             print(f"{args.verb}: requested")
     except ipc.IpcUnavailable:
-        print(f"appliancectl: no appliance is running (nothing answers on {path})", file=sys.stderr)
+        print(f"appliancectl: {unavailable(path)}", file=sys.stderr)
         return EXIT_FAILURE
     except (ipc.IpcError, TimeoutError) as exc:
         print(f"appliancectl: {exc}", file=sys.stderr)
@@ -136,6 +149,47 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         client.close()
     return EXIT_OK
+
+
+def _reload(client: ipc.IpcClient, timeout: float) -> int:
+    """Ask for a reload and wait for its outcome: exit 0 only when the new workers are serving."""
+    wait = max(1.0, timeout - 5.0)  # the supervisor answers "in progress" before our own timeout
+    try:
+        result = client.call("reload", {"wait": wait}, timeout=timeout)
+    except ipc.IpcUnavailable:
+        raise
+    except ipc.IpcError as exc:
+        print(f"appliancectl: reload failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if not isinstance(result, dict):  # a supervisor of an older version only says "ok": requested
+        print("reload: requested")
+        return EXIT_OK
+    if result.get("result") != "done":
+        print(f"appliancectl: reload still in progress after {result.get('waited', wait):g}s; "
+              "see `appliancectl status`", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"reload: done ({result.get('workers')} workers running the new config)")
+    return EXIT_OK
+
+
+def unavailable(path: str) -> str:
+    """Why nothing answers on the control socket, in the operator's words."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        code = exc.errno
+    else:
+        code = None
+    finally:
+        probe.close()
+    if code in (errno.EACCES, errno.EPERM):
+        return f"permission denied on {path} (run as root or as a member of the appliance's group)"
+    if code in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR):
+        return f"no appliance is running (nothing answers on {path})"
+    if code is None:
+        return f"the appliance at {path} closed the connection"
+    return f"cannot reach the appliance at {path}: {os.strerror(code)}"
 
 
 if __name__ == "__main__":

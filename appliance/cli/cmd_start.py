@@ -76,7 +76,12 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     from appliance.supervisor import Supervisor, SupervisorError
 
-    supervisor = Supervisor(config, lambda: prism_config(args), verbose_components(args))
+    def reload_config() -> cfg.Config:
+        new = prism_config(args)
+        check(new)  # a bad edit is refused by HUP as it is at start, and the running config stays
+        return new
+
+    supervisor = Supervisor(config, reload_config, verbose_components(args))
     try:
         supervisor.setup()
     except SupervisorError as exc:

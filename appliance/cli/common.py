@@ -44,6 +44,9 @@ def load_config(args: argparse.Namespace, overrides: dict | None = None) -> cfg.
         config = cfg.resolve(file_values, overrides, used_path)
     except cfg.ConfigError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
+    from appliance import logs
+
+    logs.hide(config.secret_values())
     if config.unknown_keys:
         log.warning("config %s: ignoring unknown keys: %s", path, ", ".join(sorted(config.unknown_keys)))
     return config

@@ -3,9 +3,9 @@
 Statuses: 200 blob (Via header with `?trace=true`), 404 `blob not found` (remembered for 5 minutes in a
 misses cache), 403 `requested blob is protected` unless `?edge_token=` matches the configured token
 (as on HTTP; with no token configured nobody gets a protected blob), 400 for a malformed hash, 500 with
-the error text when the store fails (reflector.go sent 400; 500 matches our HTTP server and keeps 400
-for bad requests), 503 while stopping. `/has/` answers 200 or 404 with reflector.go's JSON body.
-Any method is accepted, as in reflector.go.
+a generic text when the store fails, the details going to the log (reflector.go sent 400 with the error
+text; 500 matches our HTTP server and keeps 400 for bad requests), 503 while stopping. `/has/` answers
+200 or 404 with reflector.go's JSON body. Any method is accepted, as in reflector.go.
 
 The event loop never blocks: store calls (disk reads, cache-manager IPC, origin fetches) run in thread
 pools. At most `queue_size` GETs run at once (an asyncio.Semaphore); a GET keeps its slot until the
@@ -43,11 +43,13 @@ from appliance.blob import is_valid_hash
 from appliance.errors import BlobNotFound
 from appliance.http3.quic import HANDSHAKE_TIMEOUT, stream_delivered
 from appliance.http3.udp import BatchedDatagramTransport
+from appliance.logs import Throttle
 from appliance.misses import MissesCache
 from appliance.stores.base import BlobStore
 from appliance.trace import Trace
 
 log = logging.getLogger("http3")
+INTERNAL_ERROR = b"internal server error\n"  # the 500 body: what failed inside is for the log only
 
 LBRYCRD_ADDRESS = "bJxKvpD96kaJLriqVajZ7SaQTsWWyrGQct"
 SEND_TIMEOUT = 60.0  # a client must take a whole blob within this long
@@ -68,6 +70,7 @@ class BlobService:
         self.send_timeout = send_timeout
         self.queue_size = max(1, queue_size)
         self.misses = MissesCache()
+        self._throttle = Throttle()
         self.connections: set[Http3ServerProtocol] = set()
         self.requests = 0
         self.stopping = False
@@ -89,7 +92,7 @@ class BlobService:
             await self._route(conn, stream_id, dict(headers).get(b":path", b""))
         except Exception:  # a bug must cost one request, not the process
             log.exception("http3: request on stream %d failed", stream_id)
-            conn.respond(stream_id, 500, b"internal error\n")
+            conn.respond(stream_id, 500, INTERNAL_ERROR)
 
     async def _route(self, conn: Http3ServerProtocol, stream_id: int, target: bytes) -> None:
         if self.stopping:
@@ -188,10 +191,11 @@ class BlobService:
     def _store_error(self, conn: Http3ServerProtocol, stream_id: int, exc: Exception) -> None:
         kind = metrics.count_error("download", exc)
         metrics.DOWNLOAD_FAILURES_TOTAL.labels(server="http3", reason=kind).inc()
-        if kind == "other":
-            log.error("http3: store error: %s", exc)
-        text = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
-        conn.respond(stream_id, 500, text.encode("utf-8", "replace") + b"\n")
+        suffix = self._throttle(kind)
+        if suffix is not None:  # the details (endpoints, buckets) go to the log, never to the client
+            log.log(logging.ERROR if kind == "other" else logging.WARNING, "http3: store error (%s): %s%s", kind,
+                    exc, suffix)
+        conn.respond(stream_id, 500, INTERNAL_ERROR)
 
     @staticmethod
     async def _in_pool(pool: ThreadPoolExecutor, fn: Callable, *args):

@@ -3,7 +3,8 @@
 Hand-written keep-alive request parsing (no WSGI: this is the hot path), TCP_NODELAY, body by
 os.sendfile. Statuses: 200 blob, 204/404 for HEAD, 400 malformed request or hash, 403 protected blob
 without the right edge token, 404 missing (remembered for 5 minutes in a bounded misses cache), 500 with
-a short text when the origin fails. At most `queue_size` GETs run at once per server; the rest wait.
+a generic text when the origin fails (the details go to the log). At most `queue_size` GETs run at once
+per server; the rest wait.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from gevent.lock import Semaphore
 from appliance import metrics
 from appliance.blob import is_valid_hash
 from appliance.errors import BlobNotFound
+from appliance.logs import Throttle
 from appliance.misses import MissesCache
 from appliance.servers.base import GeventServer
 from appliance.servers.sendfile import send_blob
@@ -27,6 +29,7 @@ from appliance.trace import Trace
 log = logging.getLogger("http")
 
 MAX_HEADER_BYTES = 8192
+INTERNAL_ERROR = b"internal server error"  # the 500 body: what failed inside is for the log only
 
 _REASONS = {200: b"OK", 204: b"No Content", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found",
             405: b"Method Not Allowed", 408: b"Request Timeout", 431: b"Request Header Fields Too Large",
@@ -65,6 +68,7 @@ class HttpServer(GeventServer):
         self.header_timeout = header_timeout
         self.send_timeout = send_timeout
         self.misses = MissesCache()
+        self._throttle = Throttle()
         self._queue = Semaphore(max(1, queue_size))
         self._queue_gauge = metrics.HTTP_QUEUE_SIZE
         self._date = _Date()
@@ -232,10 +236,11 @@ class HttpServer(GeventServer):
     def _origin_error(self, sock, exc: Exception, conn: bytes) -> None:
         kind = metrics.count_error("download", exc)
         metrics.DOWNLOAD_FAILURES_TOTAL.labels(server="http", reason=kind).inc()
-        if kind == "other":
-            log.error("http: store error: %s", exc)
-        text = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
-        self._send_simple(sock, 500, text.encode("utf-8", "replace"), conn)
+        suffix = self._throttle(kind)
+        if suffix is not None:  # the details (endpoints, buckets) go to the log, never to the client
+            log.log(logging.ERROR if kind == "other" else logging.WARNING, "http: store error (%s): %s%s", kind,
+                    exc, suffix)
+        self._send_simple(sock, 500, INTERNAL_ERROR, conn)
 
     def _reject(self, sock, status: int, text: bytes) -> None:
         """Answer a request we cannot parse; the connection closes after it."""
