@@ -82,6 +82,9 @@ SETTINGS: list[Setting] = [
       "100GB:<cache_dir>:lru in front of a remote origin; '' turns it off", "cache"),
     S("optional_disk_cache", "str", "", "a second SIZE:PATH:MANAGER disk cache in front of --disk-cache", "cache"),
     S("mem_cache", "int", 0, "in-memory cache of at most this many blobs per worker (0 = off)", "cache"),
+    S("disk_cache_reserve_percent", "float", 2.0,
+      "percent of a disk cache's filesystem kept free (at least 2 MiB): the cache shrinks below its SIZE to keep it",
+      "cache"),
     # --- appliance ------------------------------------------------------------------------------------
     S("workers", "int", 0, "number of gevent worker processes (0 = number of cores)"),
     S("storage_dir", "str", "./data/blobs", "local storage: the origin when no upstream, S3 or endpoint is set"),

@@ -17,6 +17,10 @@ Design (why this shape):
   our file sizes, and writes on every read.
 - A crash (no clean close) or a new database sets `needs_scan`: the manager then runs the loader in the
   background to adopt files the index does not know and forget entries whose files are gone.
+- A cache is only a speed-up, so an index that cannot be opened (a full or read-only disk) or written does
+  not stop the cache: `run_in_memory` starts it empty and unsaved (the loader rebuilds it from a scan), and
+  a flush that fails turns persistence off. The file left behind is marked unclean, so the next start that
+  can open it scans the directory again. `persistence_error` says why the index is not saved.
 
 Not thread-safe: one caller at a time (the cache manager's loop). SQLite calls block a gevent hub, which is
 why only the cache-manager process uses this.
@@ -64,29 +68,36 @@ class CacheIndex:
         self.path = path
         self.policy = policy
         self.needs_scan = False
+        self.persistence_error: str | None = None  # why the index is not saved (None: it is)
         self._db: sqlite3.Connection | None = None
         self._saved_meta: dict[str, float] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 
     def load(self) -> list[str]:
-        """Open (or create) the database and restore the policy; returns hashes to delete (over capacity)."""
+        """Open (or create) the database and restore the policy; returns hashes to delete (over capacity).
+
+        Raises CacheIndexError (one line) when the file cannot be opened or written: see run_in_memory.
+        """
         try:
-            return self._load()
-        except sqlite3.OperationalError as exc:  # locked, read-only, no space: not the file's fault
+            try:
+                return self._load()
+            except sqlite3.OperationalError:  # locked, read-only, no space: not the file's fault
+                raise
+            except sqlite3.DatabaseError as exc:
+                # A damaged index is rebuilt from the directory: keep the bad file for inspection, start empty.
+                self._close_quietly()
+                self.policy = type(self.policy)(self.policy.capacity)  # drop whatever was half loaded
+                aside = f"{self.path}.broken"
+                log.warning("cache index %s is unreadable (%s): moved to %s, the directory will be rescanned",
+                            self.path, exc, aside)
+                for suffix in ("", "-wal", "-shm"):
+                    if os.path.exists(self.path + suffix):
+                        os.replace(self.path + suffix, aside + suffix)
+                return self._load()
+        except (sqlite3.Error, OSError) as exc:
             self._close_quietly()
             raise CacheIndexError(f"cannot open cache index {self.path}: {exc}") from None
-        except sqlite3.DatabaseError as exc:
-            # A damaged index is rebuilt from the directory: keep the bad file for inspection, start empty.
-            self._close_quietly()
-            self.policy = type(self.policy)(self.policy.capacity)  # drop whatever was half loaded
-            aside = f"{self.path}.broken"
-            log.warning("cache index %s is unreadable (%s): moved to %s, the directory will be rescanned",
-                        self.path, exc, aside)
-            for suffix in ("", "-wal", "-shm"):
-                if os.path.exists(self.path + suffix):
-                    os.replace(self.path + suffix, aside + suffix)
-            return self._load()
 
     def _load(self) -> list[str]:
         new = not os.path.exists(self.path)
@@ -123,9 +134,21 @@ class CacheIndex:
             self.flush()
         return overflow
 
+    def run_in_memory(self, reason: str) -> None:
+        """Start empty and unsaved (the database cannot be opened): the loader rebuilds the entries from a scan."""
+        self._close_quietly()
+        self.policy = type(self.policy)(self.policy.capacity)  # drop whatever was half loaded
+        self.needs_scan = True
+        self.persistence_error = reason
+
     def flush(self) -> int:
-        """Save the changes since the last flush in one transaction; returns the number of rows written."""
-        upserts, deletes = self.policy.drain_changes()
+        """Save the changes since the last flush in one transaction; returns the number of rows written.
+
+        A failed write turns persistence off (CacheIndexError says why, once); the index keeps working.
+        """
+        upserts, deletes = self.policy.drain_changes()  # drained even unsaved: the change log must not grow
+        if self.persistence_error is not None:
+            return 0
         policy_meta = self.policy.meta()
         if not upserts and not deletes and policy_meta == self._saved_meta:
             return 0
@@ -139,7 +162,9 @@ class CacheIndex:
                                "VALUES (?, ?, ?, ?, ?, ?)", upserts)
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('policy_meta', ?)", (json.dumps(policy_meta),))
         except sqlite3.Error as exc:
-            raise CacheIndexError(f"cannot write cache index {self.path}: {exc}") from None
+            self.persistence_error = f"cannot write cache index {self.path}: {exc}"
+            self._close_quietly()  # what it holds was marked unclean at load: the next start rescans
+            raise CacheIndexError(self.persistence_error) from None
         self._saved_meta = policy_meta
         return len(upserts) + len(deletes)
 
@@ -147,8 +172,11 @@ class CacheIndex:
         """Flush and mark the index clean, so the next start needs no directory scan."""
         if self._db is None:
             return
-        self.flush()
-        self._write_meta({"clean": "1"})
+        try:
+            self.flush()
+            self._write_meta({"clean": "1"})
+        except (CacheIndexError, sqlite3.Error) as exc:  # left unclean: the next start rescans
+            log.warning("cache index %s not closed cleanly: %s", self.path, exc)
         self._close_quietly()
 
     # --- the policy API -----------------------------------------------------------------------------------
@@ -178,6 +206,10 @@ class CacheIndex:
     def forget(self, hash_: str) -> bool:
         """Drop an entry whose file is gone (a hit found no file) or was deleted on purpose."""
         return self.policy.remove(hash_)
+
+    def resize(self, capacity: int) -> list[str]:
+        """A new byte capacity (see the cache manager's free-space check); returns the hashes to delete."""
+        return self.policy.set_capacity(capacity)
 
     def pin(self, hash_: str) -> None:
         self.policy.pin(hash_)

@@ -150,10 +150,11 @@ class BlobService:
                 self._waiting -= 1
 
     async def _send_blob(self, conn: Http3ServerProtocol, stream_id: int, hash_: str, want_trace: bool) -> None:
+        stamp = self.misses.stamp(hash_)  # a blob stored while we look is not remembered as missing
         try:
             data, trace = await self._in_pool(self._get_pool, self._read_blob, hash_)
         except BlobNotFound as exc:
-            self.misses.add(hash_)
+            self.misses.add(hash_, stamp)
             self._not_found(conn, stream_id, (exc.trace or Trace()) if want_trace else None)
             return
         except Exception as exc:

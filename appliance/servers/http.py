@@ -191,6 +191,7 @@ class HttpServer(GeventServer):
         if hash_ in self.misses:
             self._not_found(sock, Trace.new("http"), conn)
             return
+        stamp = self.misses.stamp(hash_)  # a blob stored while we look is not remembered as missing
         self._queue_gauge.inc()
         try:
             with self._queue:
@@ -198,7 +199,7 @@ class HttpServer(GeventServer):
                 try:
                     blob = self.store.get(hash_)
                 except BlobNotFound as exc:
-                    self.misses.add(hash_)
+                    self.misses.add(hash_, stamp)
                     self._not_found(sock, exc.trace or Trace(), conn)
                     return
                 except Exception as exc:
