@@ -5,7 +5,9 @@ a miss that another worker or the HTTP/3 process fetched from the origin) must s
 everywhere at once (issue 15). The processes tell each other through a `StoredBoard`: a small file in the
 runtime directory, mapped by every process, of 65,536 counters; whoever stores or fetches a blob bumps
 the counter of its hash, and a remembered miss is only trusted while its counter has not moved since the
-lookup that found nothing. Why this rather than the alternatives:
+lookup that found nothing. And when local storage is the origin nothing is remembered at all: its answer
+is one stat, and it also sees blobs placed there by other means (a copy, another appliance). Why the
+board rather than the alternatives for a remote origin:
 - not negative-caching at all would send every repeated miss to the origin (S3, an upstream) again, which
   is what the misses cache is for;
 - one shared negative cache (in the cache manager) costs an IPC round trip per remembered miss and is gone
@@ -90,8 +92,10 @@ class MissesCache:
     so a blob stored while the lookup ran is not remembered as missing.
     """
 
-    def __init__(self, ttl: float = MISSES_TTL, max_size: int = MISSES_MAX, board: StoredBoard | None = None):
+    def __init__(self, ttl: float = MISSES_TTL, max_size: int = MISSES_MAX, board: StoredBoard | None = None,
+                 enabled: bool = True):
         self.ttl, self.max_size = ttl, max_size
+        self.enabled = enabled  # False: remember nothing (the store's own answer is cheap and authoritative)
         self.board = board if board is not None else _board
         self._expiry: OrderedDict[str, tuple[float, int]] = OrderedDict()
 
@@ -110,6 +114,8 @@ class MissesCache:
         return self.board.stamp(hash_) if self.board is not None else 0
 
     def add(self, hash_: str, stamp: int | None = None) -> None:
+        if not self.enabled:
+            return
         self._expiry[hash_] = (time.monotonic() + self.ttl, self.stamp(hash_) if stamp is None else stamp)
         self._expiry.move_to_end(hash_)
         while len(self._expiry) > self.max_size:

@@ -67,7 +67,7 @@ class BlobService:
         self.edge_token = edge_token
         self.send_timeout = send_timeout
         self.queue_size = max(1, queue_size)
-        self.misses = MissesCache()
+        self.misses = MissesCache(enabled=getattr(store, "misses_worth_remembering", True))
         self.connections: set[Http3ServerProtocol] = set()
         self.requests = 0
         self.stopping = False

@@ -64,7 +64,7 @@ class HttpServer(GeventServer):
         self.idle_timeout = idle_timeout
         self.header_timeout = header_timeout
         self.send_timeout = send_timeout
-        self.misses = MissesCache()
+        self.misses = MissesCache(enabled=getattr(store, "misses_worth_remembering", True))
         self._queue = Semaphore(max(1, queue_size))
         self._queue_gauge = metrics.HTTP_QUEUE_SIZE
         self._date = _Date()

@@ -133,6 +133,8 @@ class TieredStore(BlobStore):
         self.on_stored = on_stored  # callable(hash, is_sd) after an upload is durable (DHT announcements)
         self.blocked = blocked  # callable(hash) -> bool: blocklisted streams are not served
         self.direct = SingleFlightStore(origin, component)  # misses when the manager cannot coordinate
+        # A "not found" from local storage as the origin costs a stat and is the truth: servers do not remember it.
+        self.misses_worth_remembering = not (local is not None and origin is local)
         self._hits = [metrics.CACHE_HIT_TOTAL.labels(cache_type=c.name, component=component) for c in self.caches]
         self._misses = [metrics.CACHE_MISS_TOTAL.labels(cache_type=c.name, component=component) for c in self.caches]
         self._hit_speed = metrics.SPEED_MBPS.labels(cache_type="disk", component=component, source="cache")
