@@ -135,11 +135,22 @@ class CacheIndex:
         return overflow
 
     def run_in_memory(self, reason: str) -> None:
-        """Start empty and unsaved (the database cannot be opened): the loader rebuilds the entries from a scan."""
+        """Start empty and unsaved (the database cannot be opened): the loader rebuilds the entries from a scan.
+
+        The file is removed (which also frees room on a full disk): it may say "closed cleanly" about a
+        directory this run is about to change, and a fresh index makes the next start scan again.
+        """
         self._close_quietly()
         self.policy = type(self.policy)(self.policy.capacity)  # drop whatever was half loaded
         self.needs_scan = True
         self.persistence_error = reason
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.unlink(self.path + suffix)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # read-only: the next start cannot open it either, and runs in memory again
+                log.warning("cannot remove the unusable cache index %s: %s", self.path + suffix, exc)
 
     def flush(self) -> int:
         """Save the changes since the last flush in one transaction; returns the number of rows written.
