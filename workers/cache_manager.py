@@ -89,6 +89,12 @@ class Layer:
                       self.root, exc)
             self.index.run_in_memory(str(exc))
             overflow = []
+        except Exception as exc:
+            from appliance.db import DatabaseError  # localdb only: pymysql is not loaded otherwise
+
+            if not isinstance(exc, DatabaseError):
+                raise
+            raise BootError(f"cache {self.root}: cannot load its localdb index: {exc}") from None
         self.evict(overflow)
         self.fit_to_filesystem()
 
