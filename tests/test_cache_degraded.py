@@ -179,3 +179,52 @@ def test_a_cache_manager_that_cannot_start_leaves_the_workers_serving(appliance,
     assert edge.log().count("started cache-manager") < 10
     assert edge.proc.poll() is None and status["state"] == "ready"
     assert edge.stop() == 0
+
+
+class InProcessManager:
+    """The worker side's calls answered by a real CacheManager in this process (no IPC in between)."""
+
+    def __init__(self, manager):
+        self.manager = manager
+
+    def nospace(self, cache: int, size: int) -> bool:
+        return self.manager.nospace(cache, size)
+
+    def added(self, hash_: str, size: int) -> None:
+        self.manager.added(hash_, size)
+
+
+def test_enospc_on_a_cache_write_evicts_and_retries_and_the_upload_still_succeeds(small_fs, tmp_path):
+    from appliance import metrics
+    from appliance.cache.spec import parse_disk_cache
+    from appliance.stores.disk import DiskStore
+    from appliance.stores.tiered import TieredStore
+    from workers.cache_manager import CacheManager, Layer
+
+    root = small_fs(8)
+    layer = Layer(parse_disk_cache(f"100MB:{root / 'cache'}:lru"), "unused")
+    layer.load()
+    manager = CacheManager([layer])
+    local = DiskStore(str(tmp_path / "storage"))
+    cache = DiskStore(layer.root)
+    store = TieredStore(local, local=local, caches=[cache], manager=InProcessManager(manager))
+    blobs = write_blobs(tmp_path / "source", 8, BLOB)
+    hashes = list(blobs)
+    for hash_ in hashes[:6]:
+        store.put(hash_, blobs[hash_])  # written through and indexed
+    assert len(layer.index) == 6
+    failures = metrics.CACHE_WRITE_FAILURES_TOTAL.labels(reason="nospace")
+    before = failures._value.get()
+
+    filler = fill(root)  # another writer takes the last byte between two free-space checks
+    store.put(hashes[6], blobs[hashes[6]])  # ENOSPC, the manager evicts, the retry writes the copy
+    assert local.get(hashes[6]).data == blobs[hashes[6]]  # the upload is stored whatever the cache did
+    assert layer.index.stats()["evictions"] >= 6
+    assert failures._value.get() == before  # the retry succeeded: no failed write
+    assert free_bytes(root) > 0
+
+    fill(root, "filler2")  # full again, and the cache has nothing left to evict: the write gives up once
+    store.put(hashes[7], blobs[hashes[7]])
+    assert local.has(hashes[7]) and not cached_path(root / "cache", hashes[7]).exists()
+    assert failures._value.get() == before + 1
+    filler.unlink()
