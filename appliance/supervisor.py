@@ -369,7 +369,7 @@ class Supervisor:
             self._optional_role_down(child, cause)
             if not child.ready:
                 return
-        if code == BOOT_ERROR:
+        if code == BOOT_ERROR and child.role not in OPTIONAL_ROLES:
             self.halt(f"{child.name} could not start (see its log line above); stopping the appliance")
             return
         if not child.ready:
@@ -477,7 +477,7 @@ class Supervisor:
                 self.boot_failures[child.role] = 0
                 log.info("%s (pid %d) is ready", child.name, child.pid)
                 if self.role_down.pop(child.role, None) is not None:
-                    self.backoff.pop((child.role, child.index), None)
+                    log.info("%s is back", child.name)
                     metrics.CACHE_DEGRADED.labels(reason="manager").set(0)
             if record["state"] == "failed":
                 continue  # it is exiting with a boot error

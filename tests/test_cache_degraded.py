@@ -105,7 +105,9 @@ def test_a_cache_larger_than_its_filesystem_never_fills_it(small_fs, appliance):
         finally:
             records = load.stop()
         assert not [r for r in records if r[2] is not None], [r for r in records if r[2]][:3]
-        cache_degraded(edge, "capacity")
+        cache = cache_degraded(edge, "capacity")
+        assert "manager" not in cache["degraded"]  # the manager is back
+        assert edge.metrics()[DEGRADED % "manager"] == 0
 
         # A full restart over the same small filesystem.
         assert edge.stop() == 0
