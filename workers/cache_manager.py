@@ -112,7 +112,9 @@ class Layer:
         try:
             st = os.statvfs(self.root)
         except OSError as exc:
-            log.warning("cache %s: cannot read its free space: %s", self.root, exc)
+            if self.capacity_note != "unknown free space":  # once, not at every admission
+                log.warning("cache %s: cannot read its free space: %s", self.root, exc)
+            self.capacity_note = "unknown free space"
             return False
         reserve = max(int(st.f_blocks * st.f_frsize * self.reserve_percent / 100), MIN_RESERVE)
         holdable = self.index.used_bytes + st.f_bavail * st.f_frsize - reserve - need
