@@ -137,6 +137,9 @@ SETTINGS: list[Setting] = [
     S("optional_disk_cache", "str", "", "a second SIZE:PATH:MANAGER disk cache in front of --disk-cache", "cache"),
     S("mem_cache", "int", 0, "in-memory cache of at most this many blobs per worker (0 = off)", "cache",
       range=NON_NEGATIVE),
+    S("disk_cache_reserve_percent", "float", 2.0,
+      "percent of a disk cache's filesystem kept free (at least 2 MiB): the cache shrinks below its SIZE to keep it",
+      "cache", range=Range(0, 50)),
     # --- appliance ------------------------------------------------------------------------------------
     S("workers", "int", 0, "number of gevent worker processes (0 = number of cores)",
       range=Range(0, MAX_WORKERS, note="0 = number of cores")),

@@ -73,6 +73,11 @@ CRASHES_TOTAL = Counter("appliance_crashes_total", "Children that exited unexpec
                         ["role", "cause"])
 HEARTBEAT_AGE = Gauge("appliance_heartbeat_age_seconds", "Age of the oldest heartbeat of a role", ["role"],
                       multiprocess_mode="livemax")
+CACHE_DEGRADED = Gauge("appliance_cache_degraded", "1 while the disk cache runs degraded, by reason: capacity (its "
+                       "filesystem holds less than its size), index (not saved), manager (the cache manager is not "
+                       "running)", ["reason"], multiprocess_mode="livemax")
+CACHE_WRITE_FAILURES_TOTAL = Counter("appliance_cache_write_failures_total",
+                                     "Cache copies not written (the blob is still served), by reason", ["reason"])
 IPC_REQUESTS_TOTAL = Counter("appliance_ipc_requests_total", "IPC requests sent, by peer and outcome",
                              ["peer", "outcome"])
 IPC_LATENCY = Histogram("appliance_ipc_latency_seconds", "IPC round-trip time", ["peer"],

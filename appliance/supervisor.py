@@ -45,6 +45,10 @@ METRICS_TIMEOUT = 10.0  # seconds a /metrics client has to send its request, and
 METRICS_MAX_CONNECTIONS = 256
 RELOAD_WAIT = 120.0  # most seconds a control-socket `reload` waits for its outcome
 SERVING_ROLES = ("worker", "http3")  # stopped first; the other roles serve them
+# Roles the appliance serves without (a cache is only a speed-up): one that cannot start is retried with
+# backoff and reported as degraded, never a halt, and readiness does not wait for it once it has failed.
+OPTIONAL_ROLES = ("cache-manager",)
+OPTIONAL_BOOT_BACKOFF = (1.0, 60.0)  # first and longest delay between boot attempts of an optional role
 
 
 class SupervisorError(Exception):
@@ -150,6 +154,7 @@ class Supervisor:
         self.rolling_back = False  # a failed reload's new workers are being replaced by the previous config's
         self.last_reload: dict[str, Any] | None = None
         self.boot_failures: dict[str, int] = {}
+        self.role_down: dict[str, str] = {}  # optional role -> why it is not serving (status, metrics)
         self.respawn_at: dict[tuple[str, int], float] = {}
         self.backoff: dict[tuple[str, int], float] = {}
         self.last_watchdog = 0.0
@@ -322,6 +327,8 @@ class Supervisor:
                 cache = stats.get("cache", {})
             if child.role == "dht" and stats:
                 dht = stats.get("dht", {})
+        if "cache-manager" in self.role_down and not cache:
+            cache = {"state": "degraded", "degraded": {"manager": self.role_down["cache-manager"]}, "layers": []}
         ports = {s: self.config.values[PORT_SETTING[s]] for s in self.worker_services()}
         ports["metrics"] = self.config.metrics_port
         if self.roles()["http3"]:
@@ -395,7 +402,11 @@ class Supervisor:
                 self._close_worker_sockets(child.index)
             return
         key = (child.role, child.index)
-        if code == BOOT_ERROR:
+        if child.role in OPTIONAL_ROLES:
+            self._optional_role_down(child, cause)
+            if not child.ready:
+                return
+        if code == BOOT_ERROR and child.role not in OPTIONAL_ROLES:
             self.halt(f"{child.name} could not start (see its log line above); stopping the appliance")
             return
         if not child.ready:
@@ -415,6 +426,24 @@ class Supervisor:
         delay = 0.0 if lived > 30 else min(max(self.backoff.get(key, 0.0) * 2, 0.1), 10.0)
         self.backoff[key] = delay
         self.respawn_at[key] = time.monotonic() + delay
+
+    def _optional_role_down(self, child: Child, cause: str) -> None:
+        """Serve without an optional role while it comes back; one that fails at boot retries with backoff."""
+        record = self.scoreboard.read(child.slot) if self.scoreboard else {}
+        error = (record.get("status") or {}).get("error") if record.get("pid") == child.pid else None
+        what = "exited" if child.ready else "could not start"
+        self.role_down[child.role] = f"the {child.role} {what}: {error or cause}; serving without it"
+        metrics.CACHE_DEGRADED.labels(reason="manager").set(1)
+        if child.ready:
+            return  # a crash after boot: respawned like any child
+        key = (child.role, child.index)
+        first, longest = OPTIONAL_BOOT_BACKOFF
+        delay = min(max(self.backoff.get(key, 0.0) * 2, first), longest)
+        self.backoff[key] = delay
+        self.respawn_at[key] = time.monotonic() + delay
+        metrics.CRASHES_TOTAL.labels(role=child.role, cause="boot").inc()
+        log.error("%s (pid %d) %s (%s); serving without it, retrying in %.0fs", child.name, child.pid, what,
+                  error or cause, delay)
 
     def manage(self) -> None:
         """Spawn what is missing, retire what is extra, move a reload forward."""
@@ -497,6 +526,9 @@ class Supervisor:
                 child.ready = True
                 self.boot_failures[child.role] = 0
                 log.info("%s (pid %d) is ready", child.name, child.pid)
+                if self.role_down.pop(child.role, None) is not None:
+                    log.info("%s is back", child.name)
+                    metrics.CACHE_DEGRADED.labels(reason="manager").set(0)
             if record["state"] == "failed":
                 continue  # it is exiting with a boot error
             age = now - record["heartbeat"]
@@ -522,6 +554,8 @@ class Supervisor:
 
     def all_ready(self) -> bool:
         for role, target in self.roles().items():
+            if role in self.role_down:
+                continue  # an optional role that failed: serve without it
             ready = [c for c in self.children.values() if c.role == role and c.ready and not c.retiring]
             if len(ready) < max(target, 1 if role == "worker" else 0):  # never READY with no worker
                 return False

@@ -8,6 +8,10 @@ from appliance.blob import blob_hash
 from appliance.cache.index import CacheIndex, CacheIndexError, index_path
 from appliance.cache.policies import POLICIES, make_policy
 from appliance.cache.spec import parse_disk_cache
+from tests.small_fs import (
+    fill,
+    small_fs_fixture,  # noqa: F401  (the `small_fs` fixture)
+)
 
 MB = 1024 * 1024
 
@@ -204,4 +208,62 @@ def test_a_crash_replays_the_journal_onto_the_snapshot(tmp_path, name):
     assert list(again) == list(index.policy) and again.used_bytes == index.used_bytes
     for i in range(100, 130):
         assert again.add(h(i), MB) == index.policy.add(h(i), MB)
+    again.close()
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_a_smaller_capacity_evicts_in_eviction_order_and_spares_pinned_blobs(tmp_path, name):
+    index, _ = open_index(tmp_path, name, capacity=10 * MB)
+    for i in range(10):
+        index.add(h(i), MB)
+    index.pin(h(0))  # being written: never chosen
+    expected = [v for v in index.policy if v != h(0)][:6]
+    assert index.resize(4 * MB) == expected
+    assert index.used_bytes == 4 * MB and index.capacity == 4 * MB and h(0) in index
+    assert index.stats()["evictions"] == 6
+    assert index.resize(2 * MB) and index.used_bytes == 2 * MB
+    assert index.resize(10 * MB) == []  # room again: nothing comes back, new blobs fit
+    assert index.add(h(20), 5 * MB) == []
+    index.close()
+
+
+def test_an_index_that_cannot_be_opened_on_a_full_disk_runs_in_memory(small_fs):
+    root = small_fs(2)
+    index, _ = open_index(root)
+    index.add(h(1), MB)
+    index.close()  # a clean index: without the fallback's removal the next start would trust it
+    filler = fill(root)
+    again = CacheIndex(index_path(str(root)), make_policy("lru", 10 * MB))
+    with pytest.raises(CacheIndexError, match="cannot open cache index"):
+        again.load()
+    again.run_in_memory("disk full")
+    assert again.needs_scan and again.persistence_error == "disk full" and len(again) == 0
+    assert not os.path.exists(index_path(str(root)))  # removed: the next start rebuilds and rescans
+    for i in range(3):
+        again.add(h(i), MB)
+    assert again.flush() == 0 and again.policy.drain_changes() == ([], [])  # nothing piles up unsaved
+    again.close()
+    filler.unlink()
+    third, _ = open_index(root)
+    assert third.needs_scan and len(third) == 0 and third.persistence_error is None
+    third.close()
+
+
+def test_an_index_that_cannot_be_written_stops_saving_and_asks_for_a_scan(small_fs):
+    root = small_fs(2)
+    index, _ = open_index(root)
+    index.add(h(0), MB)
+    index.flush()
+    filler = fill(root)
+    for i in range(1, 3000):  # rows enough to need new pages
+        index.add(h(i), 1000)
+    with pytest.raises(CacheIndexError, match="cannot write cache index"):
+        index.flush()
+    assert index.persistence_error and index.flush() == 0
+    index.add(h(5000), 1000)
+    assert index.flush() == 0 and index.policy.drain_changes() == ([], [])
+    index.close()  # does not mark the file clean
+    filler.unlink()
+    again, _ = open_index(root)
+    assert again.needs_scan and h(0) in again
     again.close()

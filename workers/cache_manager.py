@@ -10,7 +10,10 @@ Protocol (msgpack-rpc on <runtime_dir>/cache.sock, see appliance/ipc.py):
   request  done([hash, size])       the leaseholder wrote the blob into the disk caches
   request  failed([hash, kind, msg])  kind "notfound" (remembered in the negative cache) or "error"
   request  status()                 the cache section of `appliancectl status`
-  notify   added([hash, size])      an upload was written through into the disk caches
+  request  nospace([cache, size])   a write into disk cache number `cache` met ENOSPC: room is made from the
+           filesystem's free space; true when blobs were evicted (the writer retries once, then gives up)
+  notify   added([hash, size])      an upload is stored (origin first): the negative cache forgets it, and
+           each disk cache that holds its written-through copy indexes it
   notify   accessed([[hash, uses], ...])  batched cache hits (recency / frequency)
 A lease that ends without `done` forgets whatever was reserved for a file that was not written.
 Workers read cached files directly; this process only decides what stays. SQLite calls block this
@@ -30,7 +33,8 @@ from gevent.event import Event
 from gevent.server import StreamServer
 
 from appliance import ipc, logs, metrics
-from appliance.cache.index import CacheIndexError
+from appliance.blob import MAX_BLOB_SIZE
+from appliance.cache.index import CacheIndex, CacheIndexError
 from appliance.cache.scan import CacheLoader, blob_path
 from appliance.cache.spec import DiskCacheSpec
 from appliance.scoreboard import READY, STOPPING
@@ -42,15 +46,27 @@ log = logging.getLogger("cache")
 
 NEGATIVE_TTL = 300.0  # reflector.go's misses cache lives 5 minutes
 NEGATIVE_MAX = 100_000
-FLUSH_INTERVAL = 1.0
+FLUSH_INTERVAL = 1.0  # the index is saved and the free space checked this often
+MIN_RESERVE = MAX_BLOB_SIZE  # kept free on a cache's filesystem whatever disk_cache_reserve_percent says
 
 
 class Layer:
-    """One disk cache: its directory, its index and its counters."""
+    """One disk cache: its directory, its index and its counters.
 
-    def __init__(self, spec: DiskCacheSpec, localdb_conn: str):
+    A cache is only a speed-up, so nothing here may stop the appliance (issue 15):
+    - capacity: the smaller of the configured size and what the filesystem can hold (the cache's bytes plus
+      the free space, minus a reserve), checked every second and before each admission, so a cache larger
+      than its disk evicts instead of filling it; a cache write that still meets ENOSPC makes room (nospace);
+    - index: one that cannot be opened is rebuilt in memory from a scan, one that cannot be written is no
+      longer saved; both are logged once and reported in `degraded` (status and metrics).
+    """
+
+    def __init__(self, spec: DiskCacheSpec, localdb_conn: str, reserve_percent: float = 2.0):
         self.spec = spec
         self.root = spec.path
+        self.configured = spec.size_bytes
+        self.reserve_percent = min(max(reserve_percent, 0.0), 50.0)
+        self.capacity_note: str | None = None  # why the capacity is below the configured size
         try:
             os.makedirs(self.root, exist_ok=True)
         except OSError as exc:
@@ -65,12 +81,72 @@ class Layer:
 
     def load(self) -> None:
         try:
-            self.evict(self.index.load())
+            overflow = self.index.load()
         except CacheIndexError as exc:
-            raise BootError(str(exc)) from None
+            if not isinstance(self.index, CacheIndex):
+                raise BootError(str(exc)) from None
+            log.error("cache %s: %s; serving with an index rebuilt in memory from a scan, not saved",
+                      self.root, exc)
+            self.index.run_in_memory(str(exc))
+            overflow = []
+        except Exception as exc:
+            from appliance.db import DatabaseError  # localdb only: pymysql is not loaded otherwise
+
+            if not isinstance(exc, DatabaseError):
+                raise
+            raise BootError(f"cache {self.root}: cannot load its localdb index: {exc}") from None
+        self.evict(overflow)
+        self.fit_to_filesystem()
+
+    def flush(self) -> None:
+        """Save the index; a failure turns persistence off (loudly, once) instead of stopping the cache."""
+        try:
+            self.index.flush()
+        except CacheIndexError as exc:
+            log.error("cache %s: %s; the index is no longer saved (the next start rescans the directory)",
+                      self.root, exc)
+
+    def fit_to_filesystem(self, need: int = 0) -> bool:
+        """Set the capacity to what the filesystem can hold, evicting when it shrinks (`need`: bytes a write
+        could not get); True when blobs were evicted."""
+        try:
+            st = os.statvfs(self.root)
+        except OSError as exc:
+            if self.capacity_note != "unknown free space":  # once, not at every admission
+                log.warning("cache %s: cannot read its free space: %s", self.root, exc)
+            self.capacity_note = "unknown free space"
+            return False
+        reserve = max(int(st.f_blocks * st.f_frsize * self.reserve_percent / 100), MIN_RESERVE)
+        holdable = self.index.used_bytes + st.f_bavail * st.f_frsize - reserve - need
+        capacity = max(1, min(self.configured, holdable))
+        note = None
+        if capacity < self.configured:
+            note = (f"its filesystem holds {_size(capacity)} of the {_size(self.configured)} configured "
+                    f"({_size(reserve)} kept free)")
+        if (note is None) != (self.capacity_note is None):
+            if note:
+                log.warning("cache %s: %s", self.root, note)
+            else:
+                log.info("cache %s: back to its configured %s", self.root, _size(self.configured))
+        self.capacity_note = note
+        if capacity == self.index.capacity:
+            return False
+        evicted = self.index.resize(capacity)
+        self.evict(evicted)
+        return bool(evicted)
+
+    def degraded(self) -> dict[str, str]:
+        """reason -> message, for status and the appliance_cache_degraded metric."""
+        reasons = {}
+        if self.capacity_note:
+            reasons["capacity"] = f"{self.root}: {self.capacity_note}"
+        if self.index.persistence_error:
+            reasons["index"] = f"{self.root}: index not saved: {self.index.persistence_error}"
+        return reasons
 
     def add(self, hash_: str, size: int) -> bool:
         """Index a blob (evicting others to make room); False when it was refused (it does not fit)."""
+        self.fit_to_filesystem()  # one statvfs: admission follows the disk, not only the last periodic check
         evicted = self.index.add(hash_, size)
         self.evict(evicted)
         return hash_ not in evicted
@@ -93,8 +169,13 @@ class Layer:
 
     def stats(self) -> dict:
         stats = dict(self.index.stats())
-        stats.update(path=self.root, manager=self.spec.manager)
+        stats.update(path=self.root, manager=self.spec.manager, configured_capacity=self.configured,
+                     persistent=self.index.persistence_error is None)
         return stats
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024 ** 2:.1f} MiB" if n < 1024 ** 3 else f"{n / 1024 ** 3:.1f} GiB"
 
 
 class Flight:
@@ -186,9 +267,19 @@ class CacheManager:
 
     # -- notifications ------------------------------------------------------------------------------
     def added(self, hash_: str, size: int) -> None:
+        """An upload is stored: it is not "not found" any more; each cache that got its copy indexes it."""
         self.negative.pop(hash_, None)
         for layer in self.layers:
-            layer.add(hash_, size)
+            if os.path.exists(blob_path(layer.root, hash_)):  # a write-through that failed left no copy there
+                layer.add(hash_, size)
+
+    def nospace(self, layer: int, size: int) -> bool:
+        """A cache write met ENOSPC: fit that cache to its filesystem with `size` more bytes free; True when
+        blobs were evicted (the writer retries once)."""
+        if not 0 <= layer < len(self.layers):
+            return False
+        log.warning("cache %s: a write of %d bytes found the disk full; making room", self.layers[layer].root, size)
+        return self.layers[layer].fit_to_filesystem(need=size)
 
     def accessed(self, counts: list) -> None:
         uses = [hash_ for hash_, n in counts for _ in range(int(n))]  # every read is a use (lfu counts them)
@@ -196,10 +287,20 @@ class CacheManager:
         for layer in self.layers:
             layer.index.touch(*uses)
 
+    def degraded(self) -> dict[str, str]:
+        """reason -> message for every way a cache runs degraded (none: the cache is whole)."""
+        reasons: dict[str, str] = {}
+        for layer in self.layers:
+            for reason, message in layer.degraded().items():
+                reasons[reason] = f"{reasons[reason]}; {message}" if reason in reasons else message
+        return reasons
+
     def status(self) -> dict:
         total = self.hits + self.misses
         layers = [layer.stats() for layer in self.layers]
+        degraded = self.degraded()
         return {
+            "state": "degraded" if degraded else "ok", "degraded": degraded,
             "layers": layers,
             "used_bytes": sum(int(s.get("used_bytes", 0)) for s in layers),
             "capacity_bytes": sum(int(s.get("capacity", 0)) for s in layers),
@@ -217,7 +318,7 @@ def main(ctx: ChildContext) -> int:
         specs = disk_cache_specs(ctx.config)
     except CompositionError as exc:
         raise BootError(str(exc)) from None
-    layers = [Layer(spec, ctx.config.localdb_conn) for spec in specs]
+    layers = [Layer(spec, ctx.config.localdb_conn, ctx.config.disk_cache_reserve_percent) for spec in specs]
     for layer in layers:
         layer.load()
     manager = CacheManager(layers)
@@ -237,6 +338,8 @@ def main(ctx: ChildContext) -> int:
                 return manager.failed(conn, params[0], params[1], params[2] if len(params) > 2 else "")
             if method == "status":
                 return manager.status()
+            if method == "nospace":
+                return manager.nospace(int(params[0]), int(params[1]))
             raise ValueError(f"unknown method {method!r}")
 
         def on_notify(method: str, params) -> None:
@@ -266,9 +369,13 @@ def main(ctx: ChildContext) -> int:
     log.info("managing %s", ", ".join(f"{s.path} ({s.manager}, {s.size_bytes} bytes)" for s in specs) or
              "no disk cache")
     while not stop.is_set():
-        ctx.post(READY, {"cache": manager.status(), "requests": manager.misses + manager.hits})
         for layer in layers:
-            layer.index.flush()
+            layer.flush()
+            layer.fit_to_filesystem()
+        status = manager.status()
+        for reason in ("capacity", "index"):
+            metrics.CACHE_DEGRADED.labels(reason=reason).set(1 if reason in status["degraded"] else 0)
+        ctx.post(READY, {"cache": status, "requests": manager.misses + manager.hits})
         if not ctx.parent_alive():
             break
         stop.wait(FLUSH_INTERVAL)
@@ -280,7 +387,6 @@ def main(ctx: ChildContext) -> int:
     if refresher is not None:
         refresher.kill()
     for layer in layers:
-        layer.index.flush()
         layer.index.close()
     for handler in handlers:
         handler.cancel()

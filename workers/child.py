@@ -16,7 +16,8 @@ _PR_SET_PDEATHSIG = 1
 
 
 class BootError(Exception):
-    """The child cannot start with this config: the supervisor stops the appliance instead of looping."""
+    """The child cannot start with this config: the supervisor stops the appliance instead of looping
+    (the cache manager excepted: the appliance serves without its cache and retries it with backoff)."""
 
 
 @dataclass
@@ -76,7 +77,8 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def fail_boot(ctx: ChildContext | None, message: str, code: int) -> None:
-    """Log the reason once and exit with `code` (3 = boot error: the supervisor halts the appliance)."""
+    """Log the reason once and exit with `code` (3 = boot error: the supervisor halts the appliance, or serves
+    without an optional role)."""
     from appliance.logs import redact
 
     message = redact(message)

@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 
-from appliance import logs
+from appliance import logs, misses
 from appliance.blocklist import Blocklist, BlocklistError
 from appliance.http3.quic import server_configuration
 from appliance.http3.server import BlobService, start_server
@@ -82,6 +82,7 @@ def main(ctx: ChildContext) -> int:
     if not {"all", "http3"} & set(ctx.verbose):
         logging.getLogger("quic").setLevel(logging.WARNING)  # aioquic logs every handshake at INFO
     cert = certificate(ctx)
+    misses.share(ctx.runtime_dir)  # before the service builds its misses cache
     store, manager, blocklist = build_store(ctx)
     service = BlobService(store, queue_size=ctx.config.request_queue_size, protected=protected_content(ctx),
                           edge_token=ctx.config.upstream_edge_token)

@@ -15,7 +15,7 @@ import time
 import gevent
 from gevent.event import Event
 
-from appliance import ipc, logs
+from appliance import ipc, logs, misses
 from appliance.scoreboard import READY, STOPPING
 from appliance.stores.compose import CompositionError, build_origin, disk_cache_specs
 from appliance.stores.disk import DiskStore
@@ -148,6 +148,7 @@ def _memory_dropper(store: TieredStore, mem_cache: int):
 
 def main(ctx: ChildContext) -> int:
     config = ctx.config
+    misses.share(ctx.runtime_dir)  # before any server builds its misses cache
     store, underlying, protected, manager, blocklist = build_stores(ctx)
     servers = []
     receiver = ctx.listener("receiver")

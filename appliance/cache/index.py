@@ -19,6 +19,10 @@ Design (why this shape):
   journal with batches in it at start means the last run did not stop cleanly: `needs_scan` is set and the
   manager runs the loader in the background to adopt files the index does not know and forget entries whose
   files are gone.
+- A cache is only a speed-up, so an index that cannot be opened (a full or read-only disk) or written does
+  not stop the cache: `run_in_memory` starts it empty and unsaved (the loader rebuilds it from a scan), and
+  a flush that fails turns persistence off, leaving a journal that asks the next start for a scan.
+  `persistence_error` says why the index is not saved.
 - The files live inside the cache directory, so they share the cache's lifetime: wiping or replacing the
   directory cannot leave an index describing files that are not there. Their names are not blob hashes, so
   reflector.go's layout and our scans ignore them. An index of the earlier SQLite format
@@ -68,6 +72,7 @@ class CacheIndex:
         self.legacy_path = os.path.join(directory, LEGACY_FILE)
         self.policy = policy
         self.needs_scan = False
+        self.persistence_error: str | None = None  # why the index is not saved (None: it is)
         self.generation = 0
         self._journal = None
         self._journal_bytes = 0
@@ -78,7 +83,8 @@ class CacheIndex:
 
     def load(self) -> list[str]:
         """Read the snapshot and replay the journal (or migrate, or start empty); returns hashes to delete
-        (over capacity). CacheIndexError when the files cannot be read or written at all."""
+        (over capacity). CacheIndexError (one line) when the files cannot be read or written: see
+        run_in_memory."""
         try:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             restored = self._restore()
@@ -107,8 +113,27 @@ class CacheIndex:
             if overflow:
                 self.flush()
         except OSError as exc:
-            raise CacheIndexError(f"cannot write cache index {self.path}: {exc.strerror or exc}") from None
+            self._close_quietly()
+            raise CacheIndexError(f"cannot open cache index {self.path}: {exc.strerror or exc}") from None
         return overflow
+
+    def run_in_memory(self, reason: str) -> None:
+        """Start empty and unsaved (the files cannot be opened): the loader rebuilds the entries from a scan.
+
+        The files are removed (which also frees room on a full disk): they may say "closed cleanly" about a
+        directory this run is about to change, and no index makes the next start scan again.
+        """
+        self._close_quietly()
+        self.policy = type(self.policy)(self.policy.capacity)  # drop whatever was half loaded
+        self.needs_scan = True
+        self.persistence_error = reason
+        for path in (self.path, self.journal_path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # read-only: the next start cannot open it either, and runs in memory again
+                log.warning("cannot remove the unusable cache index %s: %s", path, exc)
 
     def _restore(self) -> bool:
         """Fill the policy from the files; True when it came from a snapshot of this policy (kept as is)."""
@@ -182,8 +207,13 @@ class CacheIndex:
         return meta.get("clean") != "1"
 
     def flush(self) -> int:
-        """Save the changes since the last flush as one journal batch; returns the number of entries saved."""
-        upserts, deletes = self.policy.drain_changes()
+        """Save the changes since the last flush as one journal batch; returns the number of entries saved.
+
+        A failed write turns persistence off (CacheIndexError says why, once); the index keeps working.
+        """
+        upserts, deletes = self.policy.drain_changes()  # drained even unsaved: the change log must not grow
+        if self.persistence_error is not None:
+            return 0
         policy_meta = self.policy.meta()
         if not upserts and not deletes and policy_meta == self._saved_meta:
             return 0
@@ -194,19 +224,21 @@ class CacheIndex:
             else:
                 self._append(policy_meta, upserts, deletes)
         except OSError as exc:
-            raise CacheIndexError(f"cannot write cache index {self.path}: {exc.strerror or exc}") from None
+            self.persistence_error = f"cannot write cache index {self.path}: {exc.strerror or exc}"
+            self._close_quietly()  # the journal holds the run's start mark: the next start rescans
+            raise CacheIndexError(self.persistence_error) from None
         return len(upserts) + len(deletes)
 
     def close(self) -> None:
         """Save a snapshot and start an empty journal, so the next start needs no directory scan."""
-        if self._journal is None:
+        if self._journal is None or self.persistence_error is not None:
             return
         self.policy.drain_changes()  # the snapshot holds them
         try:
             self._write_snapshot()
             self._open_journal()
-        except OSError as exc:
-            raise CacheIndexError(f"cannot write cache index {self.path}: {exc.strerror or exc}") from None
+        except OSError as exc:  # left as it was: the journal asks the next start for a scan
+            log.warning("cache index %s not closed cleanly: %s", self.path, exc.strerror or exc)
         finally:
             self._close_quietly()
 
@@ -237,6 +269,10 @@ class CacheIndex:
     def forget(self, hash_: str) -> bool:
         """Drop an entry whose file is gone (a hit found no file) or was deleted on purpose."""
         return self.policy.remove(hash_)
+
+    def resize(self, capacity: int) -> list[str]:
+        """A new byte capacity (see the cache manager's free-space check); returns the hashes to delete."""
+        return self.policy.set_capacity(capacity)
 
     def pin(self, hash_: str) -> None:
         self.policy.pin(hash_)

@@ -72,6 +72,7 @@ class LocalDBIndex:
     """A disk cache whose eviction state is the `blob_` table; see the module docstring."""
 
     name = "localdb"
+    persistence_error: str | None = None  # the state is MySQL's, never in the cache directory
 
     def __init__(self, db: LocalDB, capacity: int):
         if capacity <= 0:
@@ -118,6 +119,13 @@ class LocalDBIndex:
         if not was_stored:  # same hash, same bytes: a re-add changes nothing in the accounting
             self.used_bytes += size
         return self._make_room(hash_) if self.used_bytes > self.capacity else []
+
+    def resize(self, capacity: int) -> list[str]:
+        """A new byte capacity (the cache's filesystem holds less, or more again); returns the hashes evicted."""
+        if capacity <= 0:
+            raise ValueError("cache capacity must be more than 0 bytes")
+        self.capacity = capacity
+        return self._make_room(None) if self.used_bytes > capacity else []
 
     def adopt(self, entries: Iterable[tuple[str, int]]) -> list[str]:
         """Files found on disk, recorded as read a day ago; returns those refused for lack of room."""

@@ -94,6 +94,22 @@ class Policy(ABC):
     def unpin(self, hash_: str) -> None:
         self._pinned.discard(hash_)
 
+    def set_capacity(self, capacity: int) -> list[str]:
+        """Change the byte capacity (the filesystem holds less, or more again); returns the hashes evicted."""
+        if capacity <= 0:
+            raise ValueError("cache capacity must be more than 0 bytes")
+        self.capacity = capacity
+        self._restore_meta(self.meta())  # policy-wide values bounded by the capacity (ARC's target) follow it
+        evicted = []
+        while self.used_bytes > capacity:
+            victim = self._victim(None)
+            if victim is None:  # only pinned blobs are left: they are being written, their writer decides
+                break
+            self._evict(victim)
+            self.evictions += 1
+            evicted.append(victim)
+        return evicted
+
     @property
     def pinned(self) -> frozenset[str]:
         return frozenset(self._pinned)

@@ -84,8 +84,12 @@ def render_status(status: dict) -> str:
         for layer in cache["layers"]:
             lines.append(f"        {layer.get('path')} ({layer.get('manager')}): {_bytes(layer.get('used_bytes'))}"
                          f" / {_bytes(layer.get('capacity'))}, {layer.get('blobs', 0)} blobs")
-    else:
+    elif not cache.get("degraded"):
         lines += ["", "cache   none (serving from local storage)"]
+    else:
+        lines.append("")
+    for reason, message in (cache.get("degraded") or {}).items():
+        lines.append(f"cache   degraded ({reason}): {message}")
     dht = status.get("dht") or {}
     if dht:
         lines.append("dht     " + "  ".join(f"{k.replace('_', ' ')} {v}" for k, v in dht.items()

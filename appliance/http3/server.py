@@ -69,7 +69,7 @@ class BlobService:
         self.edge_token = edge_token
         self.send_timeout = send_timeout
         self.queue_size = max(1, queue_size)
-        self.misses = MissesCache()
+        self.misses = MissesCache(enabled=getattr(store, "misses_worth_remembering", True))
         self._throttle = Throttle()
         self.connections: set[Http3ServerProtocol] = set()
         self.requests = 0
@@ -153,10 +153,11 @@ class BlobService:
                 self._waiting -= 1
 
     async def _send_blob(self, conn: Http3ServerProtocol, stream_id: int, hash_: str, want_trace: bool) -> None:
+        stamp = self.misses.stamp(hash_)  # a blob stored while we look is not remembered as missing
         try:
             data, trace = await self._in_pool(self._get_pool, self._read_blob, hash_)
         except BlobNotFound as exc:
-            self.misses.add(hash_)
+            self.misses.add(hash_, stamp)
             self._not_found(conn, stream_id, (exc.trace or Trace()) if want_trace else None)
             return
         except Exception as exc:

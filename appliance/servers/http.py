@@ -67,7 +67,7 @@ class HttpServer(GeventServer):
         self.idle_timeout = idle_timeout
         self.header_timeout = header_timeout
         self.send_timeout = send_timeout
-        self.misses = MissesCache()
+        self.misses = MissesCache(enabled=getattr(store, "misses_worth_remembering", True))
         self._throttle = Throttle()
         self._queue = Semaphore(max(1, queue_size))
         self._queue_gauge = metrics.HTTP_QUEUE_SIZE
@@ -195,6 +195,7 @@ class HttpServer(GeventServer):
         if hash_ in self.misses:
             self._not_found(sock, Trace.new("http"), conn)
             return
+        stamp = self.misses.stamp(hash_)  # a blob stored while we look is not remembered as missing
         self._queue_gauge.inc()
         try:
             with self._queue:
@@ -202,7 +203,7 @@ class HttpServer(GeventServer):
                 try:
                     blob = self.store.get(hash_)
                 except BlobNotFound as exc:
-                    self.misses.add(hash_)
+                    self.misses.add(hash_, stamp)
                     self._not_found(sock, exc.trace or Trace(), conn)
                     return
                 except Exception as exc:

@@ -9,21 +9,27 @@ atomically and reports `done`), `ready` to the others once the blob is on disk, 
 negative cache. So there is one origin request per cold blob, and cold traffic still uses every core.
 With --mem-cache, whatever a worker serves from a lower tier is kept in its memory tier.
 
-When the manager is unreachable the worker keeps serving: hits as always, misses fetched directly
-(single flight within the process only) and not cached.
+When the manager is unreachable (restarting, or unable to start) the worker keeps serving: hits as
+always, misses fetched directly (single flight within the process only) and not cached.
+
+A cache write that fails never fails the request (issue 15): on ENOSPC the manager is asked to make room
+(`nospace`) and the write is tried once more; then the blob is served without a cache copy. Whatever this
+store stores or fetches is announced on the misses board (appliance.misses), so no process keeps
+answering "not found" for it.
 
 Write (uploads): origin first (local storage, S3 and/or MySQL), then written through to the disk caches
 and reported to the manager (`added`), so the receipt is sent only after the blob is durable.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import threading
 import time
 from collections import Counter
 
-from appliance import ipc, metrics
+from appliance import ipc, metrics, misses
 from appliance.blob import blob_hash, check_hash
 from appliance.errors import BlobNotFound, OriginError
 from appliance.stores.base import Blob, BlobStore
@@ -34,6 +40,7 @@ log = logging.getLogger("store")
 
 FETCH_TIMEOUT = 120.0  # a waiter gives up on another worker's fetch after this long
 REPORT_INTERVAL = 0.5
+UNAVAILABLE_LOG_INTERVAL = 60.0  # "cache manager unavailable" is logged once per this many seconds
 
 
 def off_hub(fn, *args):
@@ -86,6 +93,10 @@ class CacheManagerClient:
     def failed(self, hash_: str, kind: str, message: str = "") -> None:
         self.ipc.call("failed", [hash_, kind, message])
 
+    def nospace(self, cache: int, size: int) -> bool:
+        """Disk cache number `cache` is full for a write of `size` bytes: True when room was made."""
+        return bool(self.ipc.call("nospace", [cache, size]))
+
     def added(self, hash_: str, size: int) -> None:
         self.ipc.notify("added", [hash_, size])
 
@@ -122,9 +133,12 @@ class TieredStore(BlobStore):
         self.on_stored = on_stored  # callable(hash, is_sd) after an upload is durable (DHT announcements)
         self.blocked = blocked  # callable(hash) -> bool: blocklisted streams are not served
         self.direct = SingleFlightStore(origin, component)  # misses when the manager cannot coordinate
+        # A "not found" from local storage as the origin costs a stat and is the truth: servers do not remember it.
+        self.misses_worth_remembering = not (local is not None and origin is local)
         self._hits = [metrics.CACHE_HIT_TOTAL.labels(cache_type=c.name, component=component) for c in self.caches]
         self._misses = [metrics.CACHE_MISS_TOTAL.labels(cache_type=c.name, component=component) for c in self.caches]
         self._hit_speed = metrics.SPEED_MBPS.labels(cache_type="disk", component=component, source="cache")
+        self._unavailable_logged = 0.0
 
     # -- reads --------------------------------------------------------------------------------------
     def _local_get(self, hash_: str) -> Blob | None:
@@ -168,13 +182,16 @@ class TieredStore(BlobStore):
         if self.local is not None and self.origin is self.local:
             raise BlobNotFound()
         if not self.caches or self.manager is None:
-            return self._remember(self.direct.get(hash_))
+            return self._fetched(self.direct.get(hash_))
         for _ in range(3):
             try:
                 answer = self.manager.fetch(hash_)
             except (ipc.IpcUnavailable, TimeoutError) as exc:
-                log.warning("cache manager unavailable (%s): fetching %s directly", exc, hash_[:8])
-                return self._remember(self.direct.get(hash_))
+                now = time.monotonic()
+                if now - self._unavailable_logged >= UNAVAILABLE_LOG_INTERVAL:  # one line per outage, not per miss
+                    self._unavailable_logged = now
+                    log.warning("cache manager unavailable (%s): fetching misses directly, not caching them", exc)
+                return self._fetched(self.direct.get(hash_))
             if answer == "lease":
                 return self._fetch_with_lease(hash_)
             if answer == "ready":
@@ -185,7 +202,7 @@ class TieredStore(BlobStore):
             if answer == "notfound":
                 raise BlobNotFound()
             raise OriginError(str(answer).removeprefix("error:") or "origin error")
-        return self._remember(self.direct.get(hash_))
+        return self._fetched(self.direct.get(hash_))
 
     def _fetch_with_lease(self, hash_: str) -> Blob:
         try:
@@ -207,16 +224,47 @@ class TieredStore(BlobStore):
             log.warning("cache manager did not reserve room for %s: %s", hash_[:8], exc)
             self._report(self.manager.failed, hash_, "error", f"no room reserved: {exc}")
             return self._remember(Blob(hash_, data=data, trace=trace))
-        try:
-            for cache, keep in zip(self.caches, room, strict=True):
-                if keep:
-                    off_hub(cache.put, hash_, data)
-        except OSError as exc:  # a full or broken cache disk: serve from memory, keep the manager honest
-            log.error("cannot write %s into the disk cache: %s", hash_[:8], exc)
-            self._report(self.manager.failed, hash_, "error", f"cache write failed: {exc}")
+        misses.stored(hash_)
+        written = [self._put_copy(i, hash_, data) for i, keep in enumerate(room) if keep]
+        if not all(written):  # a full or broken cache disk: serve from memory, keep the manager honest
+            self._report(self.manager.failed, hash_, "error", "cache write failed")
             return Blob(hash_, data=data, trace=trace)
         self._report(self.manager.done, hash_, len(data))
         return self._remember(Blob(hash_, data=data, trace=trace))
+
+    def _put_copy(self, i: int, hash_: str, data: bytes) -> bool:
+        """Write a cache copy into disk cache `i`; on ENOSPC ask the manager for room and try once more.
+
+        False: no copy (logged and counted); the caller still serves or has stored the blob.
+        """
+        cache = self.caches[i]
+        for attempt in (1, 2):
+            try:
+                off_hub(cache.put, hash_, data)
+                return True
+            except OSError as exc:
+                full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                if full and attempt == 1 and self._room_made(i, len(data)):
+                    continue
+                metrics.CACHE_WRITE_FAILURES_TOTAL.labels(reason="nospace" if full else "error").inc()
+                log.error("cannot write %s into the disk cache %s: %s", hash_[:8], cache.root,
+                          exc.strerror or exc)
+                return False
+        return False
+
+    def _room_made(self, i: int, size: int) -> bool:
+        if self.manager is None:
+            return False
+        try:
+            return self.manager.nospace(i, size)
+        except (ipc.IpcError, TimeoutError) as exc:
+            log.warning("cache manager did not make room: %s", exc)
+            return False
+
+    def _fetched(self, blob: Blob) -> Blob:
+        """A blob fetched from the origin outside a lease: it exists, so no process may remember it as missing."""
+        misses.stored(blob.hash)
+        return self._remember(blob)
 
     def _remember(self, blob: Blob) -> Blob:
         if self.mem is not None and blob.size:
@@ -250,28 +298,32 @@ class TieredStore(BlobStore):
     # -- writes -------------------------------------------------------------------------------------
     def put(self, hash_: str, data: bytes) -> None:
         self.origin.put(hash_, data)
+        misses.stored(hash_)
         self._write_through(hash_, data)
         if self.on_stored is not None:
             self.on_stored(hash_, False)
 
     def put_sd(self, hash_: str, data: bytes) -> None:
         self.origin.put_sd(hash_, data)
+        misses.stored(hash_)
         self._write_through(hash_, data)
         if self.on_stored is not None:
             self.on_stored(hash_, True)
 
     def _write_through(self, hash_: str, data: bytes) -> None:
-        for cache in self.caches:
-            try:
-                off_hub(cache.put, hash_, data)
-            except OSError as exc:  # the origin has it; the cache is only a copy
-                log.error("write-through of %s into %s failed: %s", hash_[:8], cache.root, exc)
-                return
-        if self.caches and self.manager is not None:
-            try:
-                self.manager.added(hash_, len(data))
-            except ipc.IpcUnavailable:
-                pass  # the manager's loader finds the file when it is back
+        """Copy an upload into the disk caches (the origin has it: a failed copy only costs a later miss)."""
+        if not self.caches:
+            return
+        written = [self._put_copy(i, hash_, data) for i in range(len(self.caches))]
+        if self.manager is None:
+            return
+        try:
+            self.manager.added(hash_, len(data))  # the manager indexes the copies that exist
+        except ipc.IpcUnavailable:
+            # Nothing would evict an unindexed copy while the manager is away (or cannot start): drop them.
+            for cache, ok in zip(self.caches, written, strict=True):
+                if ok:
+                    cache.delete(hash_)
 
     def delete(self, hash_: str) -> None:
         self.origin.delete(hash_)
