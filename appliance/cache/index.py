@@ -339,7 +339,9 @@ class CacheIndex:
 
     def _append(self, meta: dict[str, float], upserts: list[Row], deletes: list[str]) -> None:
         payload = _encode_batch(meta, upserts, deletes)
-        self._journal.write(_BATCH.pack(len(payload), zlib.crc32(payload)) + payload)
+        view = memoryview(_BATCH.pack(len(payload), zlib.crc32(payload)) + payload)
+        while view:  # an unbuffered write may be short (a filling disk): the next one raises ENOSPC
+            view = view[self._journal.write(view):]
         self._journal_bytes += _BATCH.size + len(payload)
         self._saved_meta = meta
 
