@@ -75,12 +75,20 @@ SETTINGS: list[Setting] = [
       "token sent upstream as edge_token, and required from HTTP clients for protected blobs", "origin",
       secret=True),
     S("request_queue_size", "int", 200, "concurrent HTTP and HTTP/3 GETs per worker; the rest wait", "reflector"),
+    S("upstream_first_byte_timeout", "float", 5.0,
+      "seconds an upstream or origin may take to start answering a blob request before the miss fails",
+      "origin"),
+    S("upstream_idle_timeout", "float", 10.0,
+      "seconds an upstream or origin may stall in the middle of a blob before the miss fails", "origin"),
     S("origin_endpoint", "str", "", "CloudFront-style HTTP origin base URL (blob URL = base + hash)", "origin"),
     S("origin_endpoint_fallback", "str", "", "second origin endpoint, tried when the first fails", "origin"),
     S("disk_cache", "str", None,
       "SIZE:PATH:MANAGER (lru, lfu, arc, simple, localdb); default: none in front of local storage, "
       "100GB:<cache_dir>:lru in front of a remote origin; '' turns it off", "cache"),
     S("optional_disk_cache", "str", "", "a second SIZE:PATH:MANAGER disk cache in front of --disk-cache", "cache"),
+    S("cache_sync_interval", "float", 5.0,
+      "seconds between syncs of the disk caches (cache copies are not fsynced per blob; after an unclean "
+      "stop, files written since the last sync are checked before they are served)", "cache"),
     S("mem_cache", "int", 0, "in-memory cache of at most this many blobs per worker (0 = off)", "cache"),
     # --- appliance ------------------------------------------------------------------------------------
     S("workers", "int", 0, "number of gevent worker processes (0 = number of cores)"),

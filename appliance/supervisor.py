@@ -29,6 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from appliance import __version__, ipc, logs, metrics
+from appliance.cache.crashcheck import check_disk_caches
 from appliance.config import Config
 from appliance.scoreboard import Scoreboard
 from appliance.sdnotify import Notifier
@@ -163,6 +164,7 @@ class Supervisor:
             role = "http3" if port_key == "http3_peer_port" else "dht"
             if self.roles()[role]:
                 probe_port(self.host, self.config.values[port_key], kind)
+        check_disk_caches(self.config)  # before any process serves a cache file (appliance/cache/crashcheck.py)
         for index in range(self.target_workers):
             self._open_worker_sockets(index)
         self.scoreboard = Scoreboard(MAX_SLOTS)

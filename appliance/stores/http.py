@@ -2,32 +2,38 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from appliance import metrics
 from appliance.blob import MAX_BLOB_SIZE, blob_hash, check_hash
-from appliance.errors import BlobNotFound, OriginError
-from appliance.stores.base import Blob, BlobStore
+from appliance.errors import BlobNotFound, FirstByteTimeout, IdleTimeout, OriginError
+from appliance.stores.base import Blob, BlobStore, BlobStream
 from appliance.trace import Trace
 
 CONNECT_TIMEOUT = 5.0
+CHUNK = 128 * 1024
 
 
 class HttpStore(BlobStore):
-    """Read-only: `HEAD`/`GET {upstream}/blob?hash=`; every fetched blob's SHA-384 is verified.
+    """Read-only: `HEAD`/`GET {upstream}/blob?hash=`; every fetched blob's SHA-384 is verified by `get`.
 
-    One pooled requests.Session keeps connections to the upstream alive across calls.
+    One pooled requests.Session keeps connections to the upstream alive across calls. The answer's header
+    must come within `first_byte_timeout`; after it, every read within `timeout` (the idle timeout).
     """
 
     name = "http"
 
-    def __init__(self, upstream: str, edge_token: str = "", timeout: float = 30.0, pool_size: int = 100):
+    def __init__(self, upstream: str, edge_token: str = "", timeout: float = 30.0, pool_size: int = 100,
+                 first_byte_timeout: float | None = None):
         self.upstream = upstream
         self.base = upstream if "://" in upstream else f"http://{upstream}"
         self.edge_token = edge_token
         self.timeout = timeout
+        self.first_byte_timeout = timeout if first_byte_timeout is None else first_byte_timeout
         self.session = requests.Session()
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
@@ -44,31 +50,71 @@ class HttpStore(BlobStore):
         raise self._status_error(resp)
 
     def get(self, hash_: str) -> Blob:
+        with self.stream(hash_) as stream:
+            data = b"".join(stream)
+        if blob_hash(data) != hash_:
+            raise OriginError(f"upstream {self.upstream} sent {len(data)} bytes for {hash_[:8]} that do not match "
+                              "its hash")
+        return Blob(hash_, data=data, trace=stream.trace)
+
+    def stream(self, hash_: str) -> BlobStream:
         check_hash(hash_)
         started = time.monotonic_ns()
         params = {"hash": hash_}
         if self.edge_token:
             params["edge_token"] = self.edge_token
-        resp = self._request("GET", hash_, params)
-        trace = self._upstream_trace(resp)
-        if resp.status_code == 404:
-            raise BlobNotFound(trace=trace.stack(self.name, started))
-        if resp.status_code != 200:
-            raise self._status_error(resp)
-        data = resp.content
-        metrics.HTTP_IN_BYTES.inc(len(data))
-        if not 0 < len(data) <= MAX_BLOB_SIZE or blob_hash(data) != hash_:
-            raise OriginError(f"upstream {self.upstream} sent {len(data)} bytes for {hash_[:8]} that do not match "
-                              "its hash")
-        return Blob(hash_, data=data, trace=trace.stack(self.name, started))
-
-    def _request(self, method: str, hash_: str, params: dict) -> requests.Response:
+        resp = self._request("GET", hash_, params, stream=True)
         try:
-            # A short connect timeout: an upstream that accepts nothing must not hold a miss for 30 s.
-            return self.session.request(method, f"{self.base}/blob", params=params,
-                                        timeout=(min(CONNECT_TIMEOUT, self.timeout), self.timeout))
+            trace = self._upstream_trace(resp)
+            if resp.status_code == 404:
+                raise BlobNotFound(trace=trace.stack(self.name, started))
+            if resp.status_code != 200:
+                raise self._status_error(resp)
+            try:
+                size = int(resp.headers.get("Content-Length", ""))
+            except ValueError:
+                size = -1
+            if not 0 < size <= MAX_BLOB_SIZE:
+                raise OriginError(f"upstream {self.upstream} announced {resp.headers.get('Content-Length')!r} bytes "
+                                  f"for {hash_[:8]}")
+            sock = getattr(resp.raw.connection, "sock", None)
+            if sock is not None:
+                sock.settimeout(self.timeout)  # from here on, the idle timeout bounds each read
+        except BaseException:
+            resp.close()
+            raise
+        return BlobStream(size, self._chunks(resp, size, hash_), trace.stack(self.name, started), resp.close)
+
+    def _chunks(self, resp: requests.Response, size: int, hash_: str) -> Iterator[bytes]:
+        raw = resp.raw
+        received = 0
+        while received < size:
+            try:
+                chunk = raw.read(min(CHUNK, size - received))
+            except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
+                raise IdleTimeout(f"upstream {self.upstream}: i/o timeout: nothing for {self.timeout:g}s "
+                                  f"after {received} of {size} bytes of {hash_[:8]}") from exc
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise OriginError(f"upstream {self.upstream}: reading {hash_[:8]}: {_reason(exc)}") from exc
+            if not chunk:
+                raise OriginError(f"upstream {self.upstream}: unexpected EOF after {received} of {size} bytes "
+                                  f"of {hash_[:8]}")
+            received += len(chunk)
+            metrics.HTTP_IN_BYTES.inc(len(chunk))
+            yield chunk
+        raw.release_conn()  # read to the end: the connection goes back to the pool
+
+    def _request(self, method: str, hash_: str, params: dict, stream: bool = False) -> requests.Response:
+        try:
+            # A short connect timeout: an upstream that accepts nothing must not hold a miss for long.
+            return self.session.request(method, f"{self.base}/blob", params=params, stream=stream,
+                                        timeout=(min(CONNECT_TIMEOUT, self.first_byte_timeout),
+                                                 self.first_byte_timeout))
+        except requests.ConnectTimeout as exc:
+            raise OriginError(f"upstream {self.upstream}: i/o timeout connecting ({hash_[:8]})") from exc
         except requests.Timeout as exc:
-            raise OriginError(f"upstream {self.upstream}: i/o timeout ({hash_[:8]})") from exc
+            raise FirstByteTimeout(f"upstream {self.upstream}: i/o timeout: no answer within "
+                                   f"{self.first_byte_timeout:g}s ({hash_[:8]})") from exc
         except requests.RequestException as exc:
             raise OriginError(f"upstream {self.upstream}: {_reason(exc)}") from exc
 

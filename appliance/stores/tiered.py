@@ -2,11 +2,14 @@
 
 Read (DESIGN §2): memory cache -> disk caches -> local storage, each a direct file open (no IPC on the
 hot path; hits are reported to the manager in batches, fire-and-forget, with their counts). A miss asks
-the manager `fetch`: it answers `lease` to exactly one worker per cold blob across the appliance (that
-worker fetches from the origin, verifies the SHA-384, `reserve`s its size - the manager evicts to make
-room first, so concurrent misses never push a cache over its size - writes the blob into the disk caches
-atomically and reports `done`), `ready` to the others once the blob is on disk, or `notfound` from its
-negative cache. So there is one origin request per cold blob, and cold traffic still uses every core.
+the manager `fetch`: it answers `lease` to exactly one worker per cold blob across the appliance, `ready`
+to the others once the blob is on disk, or `notfound` from its negative cache. So there is one origin
+request per cold blob, and cold traffic still uses every core. The leaseholder streams the miss through
+(_Relay): it asks the origin for the blob, `reserve`s its announced size (the manager evicts to make room
+first, so concurrent misses never push a cache over its size), and relays the bytes to its client as they
+arrive, hashing them and writing the cache copy alongside (no fsync: the origin keeps the durable copy;
+appliance/cache/crashcheck.py keeps a copy cut short by a power loss from being served). The copy is
+renamed into place, and the client sent its last chunk, only once the SHA-384 matched; then `done`.
 With --mem-cache, whatever a worker serves from a lower tier is kept in its memory tier.
 
 When the manager is unreachable the worker keeps serving: hits as always, misses fetched directly
@@ -17,17 +20,19 @@ and reported to the manager (`added`), so the receipt is sent only after the blo
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 
 from appliance import ipc, metrics
-from appliance.blob import blob_hash, check_hash
-from appliance.errors import BlobNotFound, OriginError
-from appliance.stores.base import Blob, BlobStore
-from appliance.stores.disk import DiskStore
+from appliance.blob import check_hash
+from appliance.errors import BlobNotFound, FirstByteTimeout, HashMismatch, IdleTimeout, OriginError
+from appliance.stores.base import Blob, BlobStore, BlobStream, StreamedBlob
+from appliance.stores.disk import BlobWriter, DiskStore
 from appliance.stores.singleflight import SingleFlightStore
 
 log = logging.getLogger("store")
@@ -86,8 +91,9 @@ class CacheManagerClient:
     def failed(self, hash_: str, kind: str, message: str = "") -> None:
         self.ipc.call("failed", [hash_, kind, message])
 
-    def added(self, hash_: str, size: int) -> None:
-        self.ipc.notify("added", [hash_, size])
+    def admit(self, hash_: str, size: int) -> list[bool]:
+        """Make room for an upload before it is written through; per disk cache, whether to write it there."""
+        return self.ipc.call("admit", [hash_, size])
 
     def accessed(self, hash_: str) -> None:
         with self._lock:
@@ -188,38 +194,35 @@ class TieredStore(BlobStore):
         return self._remember(self.direct.get(hash_))
 
     def _fetch_with_lease(self, hash_: str) -> Blob:
+        """Hold the lease: relay the origin's bytes to the caller as they arrive (see _Relay)."""
         try:
-            with self.origin.get(hash_) as fetched:
-                data = fetched.data
-                trace = fetched.trace
+            stream = self.origin.stream(hash_)
         except BlobNotFound:
             self._report(self.manager.failed, hash_, "notfound")
             raise
         except Exception as exc:
+            count_origin_failure(exc)
             self._report(self.manager.failed, hash_, "error", str(exc))
+            if isinstance(exc, OriginError):
+                raise
             raise OriginError(str(exc)) from exc
-        if blob_hash(data) != hash_:
-            self._report(self.manager.failed, hash_, "error", "origin sent data that does not match its hash")
-            raise OriginError(f"origin sent data for {hash_[:8]} that does not match its hash")
         try:
-            room = self.manager.reserve(hash_, len(data))
-        except (ipc.IpcError, TimeoutError) as exc:  # no room was made: serve it without caching it
+            room = self.manager.reserve(hash_, stream.size)
+        except (ipc.IpcError, TimeoutError) as exc:  # no room was made: relay it without caching it
             log.warning("cache manager did not reserve room for %s: %s", hash_[:8], exc)
-            self._report(self.manager.failed, hash_, "error", f"no room reserved: {exc}")
-            return self._remember(Blob(hash_, data=data, trace=trace))
+            room = [False] * len(self.caches)
+        writers = []
         try:
             for cache, keep in zip(self.caches, room, strict=True):
                 if keep:
-                    off_hub(cache.put, hash_, data)
-        except OSError as exc:  # a full or broken cache disk: serve from memory, keep the manager honest
+                    writers.append(cache.writer(hash_, durable=False, verify=False))  # _Relay hashes once
+        except OSError as exc:
             log.error("cannot write %s into the disk cache: %s", hash_[:8], exc)
-            self._report(self.manager.failed, hash_, "error", f"cache write failed: {exc}")
-            return Blob(hash_, data=data, trace=trace)
-        self._report(self.manager.done, hash_, len(data))
-        return self._remember(Blob(hash_, data=data, trace=trace))
+        relay = _Relay(self, hash_, stream, writers)
+        return StreamedBlob(hash_, stream.size, relay.chunks(), stream.trace, relay.close)
 
     def _remember(self, blob: Blob) -> Blob:
-        if self.mem is not None and blob.size:
+        if self.mem is not None and blob.size and not isinstance(blob, StreamedBlob):
             try:
                 self.mem.put(blob.hash, blob.data)
             except Exception as exc:
@@ -261,17 +264,22 @@ class TieredStore(BlobStore):
             self.on_stored(hash_, True)
 
     def _write_through(self, hash_: str, data: bytes) -> None:
-        for cache in self.caches:
+        """Copy an upload (durable at the origin already) into the disk caches, room reserved first."""
+        if not self.caches:
+            return
+        room = [True] * len(self.caches)
+        if self.manager is not None:
             try:
-                off_hub(cache.put, hash_, data)
-            except OSError as exc:  # the origin has it; the cache is only a copy
-                log.error("write-through of %s into %s failed: %s", hash_[:8], cache.root, exc)
+                room = self.manager.admit(hash_, len(data))
+            except (ipc.IpcError, TimeoutError) as exc:  # no room was made: the cache does without this copy
+                log.warning("cache manager did not make room for upload %s: %s", hash_[:8], exc)
                 return
-        if self.caches and self.manager is not None:
-            try:
-                self.manager.added(hash_, len(data))
-            except ipc.IpcUnavailable:
-                pass  # the manager's loader finds the file when it is back
+        for cache, keep in zip(self.caches, room, strict=True):
+            if keep:
+                try:
+                    off_hub(_copy_into, cache, hash_, data)
+                except OSError as exc:  # the origin has it; the cache is only a copy
+                    log.error("write-through of %s into %s failed: %s", hash_[:8], cache.root, exc)
 
     def delete(self, hash_: str) -> None:
         self.origin.delete(hash_)
@@ -280,3 +288,125 @@ class TieredStore(BlobStore):
 
     def shutdown(self) -> None:
         self.origin.shutdown()
+
+
+def _copy_into(cache: DiskStore, hash_: str, data: bytes) -> None:
+    """A cache copy: renamed into place whole, not fsynced (appliance/cache/crashcheck.py covers a crash)."""
+    with cache.writer(hash_, durable=False, verify=False) as writer:
+        writer.write(data)
+        writer.commit()
+
+
+class _Relay:
+    """A leased miss in flight: origin bytes -> the client, hashed as they pass, copied into the caches.
+
+    The chunk that completes the announced size is handed out only after the SHA-384 matched and the
+    cache copies were renamed into place, so a bad blob never reaches a client whole, and never a cache.
+    `close` (always called: the Blob is a context manager) reports the outcome to the cache manager; a
+    client that went away mid-blob does not cost the waiters a second origin fetch: the rest is read
+    into the cache first.
+    """
+
+    def __init__(self, tiered: TieredStore, hash_: str, stream: BlobStream, writers: list[BlobWriter]):
+        self.tiered, self.hash, self.stream, self.writers = tiered, hash_, stream, writers
+        self.source = iter(stream)
+        self.sha = hashlib.sha384()
+        self.received = 0
+        self.kept: list[bytes] | None = [] if tiered.mem is not None else None  # for the memory tier
+        self.state = "running"  # -> "complete" | "failed", then "reported"
+
+    def chunks(self) -> Iterator[bytes]:
+        while self.received < self.stream.size:
+            yield self._step()
+
+    def _step(self) -> bytes:
+        try:
+            chunk = next(self.source, b"")
+            if not chunk:
+                raise OriginError(f"origin ended {self.hash[:8]} after {self.received} of {self.stream.size} bytes")
+            self.received += len(chunk)
+            if self.received > self.stream.size:
+                raise OriginError(f"origin sent more than the {self.stream.size} bytes it announced for "
+                                  f"{self.hash[:8]}")
+            self.sha.update(chunk)
+            self._write(chunk)
+            if self.kept is not None:
+                self.kept.append(chunk)
+            if self.received == self.stream.size:
+                if self.sha.hexdigest() != self.hash:
+                    raise HashMismatch(f"origin sent {self.received} bytes for {self.hash[:8]} that do not match "
+                                       "its hash")
+                self._commit()
+                self.state = "complete"
+                if self.kept is not None:
+                    self.tiered._remember(Blob(self.hash, data=b"".join(self.kept), trace=self.stream.trace))
+                    self.kept = None
+            return chunk
+        except Exception as exc:
+            self._fail(exc)
+            raise
+
+    def _write(self, chunk: bytes) -> None:
+        for writer in list(self.writers):
+            try:
+                writer.write(chunk)
+            except OSError as exc:  # a full or broken cache disk: the client still gets its blob
+                log.error("cannot write %s into %s: %s", self.hash[:8], writer.store.root, exc)
+                writer.abort()
+                self.writers.remove(writer)
+
+    def _commit(self) -> None:
+        for writer in list(self.writers):
+            try:
+                writer.commit()
+            except OSError as exc:
+                log.error("cannot write %s into %s: %s", self.hash[:8], writer.store.root, exc)
+                writer.abort()
+                self.writers.remove(writer)
+
+    def _fail(self, exc: Exception) -> None:
+        if self.state != "running":
+            return
+        self.state = "failed"
+        for writer in self.writers:
+            writer.abort()
+        self.stream.close()
+        count_origin_failure(exc)
+        log.warning("miss of %s failed after %d of %d bytes: %s", self.hash[:8], self.received, self.stream.size,
+                    exc)
+        manager = self.tiered.manager
+        self.tiered._report(manager.failed, self.hash, "error", str(exc))
+        self.state = "reported"
+
+    def close(self) -> None:
+        """Report the outcome; a relay its client left unfinished is completed into the cache first."""
+        if self.state == "running" and self.writers:
+            try:
+                while self.state == "running":
+                    self._step()
+            except Exception:
+                return  # _step reported the failure
+        manager = self.tiered.manager
+        if self.state == "complete" and self.writers:
+            self.state = "reported"
+            self.stream.close()
+            self.tiered._report(manager.done, self.hash, self.stream.size)
+        elif self.state in ("running", "complete"):  # nothing was cached: a waiter takes the lease over
+            self.state = "reported"
+            for writer in self.writers:
+                writer.abort()
+            self.stream.close()
+            self.tiered._report(manager.failed, self.hash, "retry", "")
+
+
+def count_origin_failure(exc: BaseException) -> None:
+    """Count a failed origin fetch by reason (a not-found answer is no failure)."""
+    if isinstance(exc, HashMismatch):
+        reason = "hash_mismatch"
+    elif isinstance(exc, FirstByteTimeout):
+        reason = "first_byte_timeout"
+    elif isinstance(exc, IdleTimeout):
+        reason = "idle_timeout"
+    else:
+        reason = "error"
+    metrics.ORIGIN_FAILURES_TOTAL.labels(reason=reason).inc()
