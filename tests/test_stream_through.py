@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import signal
 import socket
@@ -144,6 +145,26 @@ def test_wrong_bytes_from_the_origin_never_reach_a_client_whole_and_are_never_ca
     del origin.forged[hash_]  # the origin mends: the blob is fetched again, served and cached
     assert fetch(app.ports["http"], hash_) == (200, good)
     assert cached_path(cache, hash_).read_bytes() == good
+
+
+def test_wrong_bytes_relayed_over_the_tcp_peer_protocol_end_in_a_closed_connection(appliance, origin, tmp_path):
+    good = os.urandom(1024 * 1024)
+    hash_ = origin.add(good)
+    origin.forged[hash_] = good[:-10] + bytes(10)  # the mismatch shows only at the very end
+    origin.delay = 0.005
+    cache = tmp_path / "cache"
+    app = cache_node(appliance, origin, cache)
+
+    with socket.create_connection(("127.0.0.1", app.ports["tcp_peer"]), timeout=30) as sock:
+        sock.sendall(json.dumps({"requested_blob": hash_}).encode())
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    header_end = received.index(b"}}") + 2  # {"incoming_blob": {...}} then the body
+    assert json.loads(received[:header_end])["incoming_blob"]["length"] == len(good)
+    assert len(received) - header_end < len(good)  # closed before the announced length
+    assert origin_failures(app, "hash_mismatch") == 1
+    assert blob_files(cache) == []
 
 
 def test_a_hundred_concurrent_requests_for_one_cold_blob_make_one_origin_request(appliance, origin, tmp_path):

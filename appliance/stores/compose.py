@@ -77,9 +77,10 @@ def build_origin(config: Config) -> Origin:
     elif kind == "endpoint":
         from appliance.stores.cloudfront import ITTT, CloudFrontRO, CloudFrontRW
 
-        store = CloudFrontRO(config.origin_endpoint)
+        timeouts = {"timeout": config.upstream_idle_timeout, "first_byte_timeout": config.upstream_first_byte_timeout}
+        store = CloudFrontRO(config.origin_endpoint, **timeouts)
         if config.origin_endpoint_fallback:
-            store = ITTT(store, CloudFrontRO(config.origin_endpoint_fallback))
+            store = ITTT(store, CloudFrontRO(config.origin_endpoint_fallback, **timeouts))
         if config.bucket_name:
             from appliance.stores.s3 import S3Store
 
