@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 
 import requests
-import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from appliance import __version__, metrics
-from appliance.blob import MAX_BLOB_SIZE, blob_hash, check_hash
-from appliance.errors import BlobNotFound, FirstByteTimeout, IdleTimeout, NotImplementedByStore, OriginError
+from appliance.blob import blob_hash, check_hash
+from appliance.errors import BlobNotFound, FirstByteTimeout, NotImplementedByStore, OriginError
 from appliance.stores.base import Blob, BlobStore, BlobStream
+from appliance.stores.http import body_stream
 from appliance.trace import Trace
 
 log = logging.getLogger("store")
 USER_AGENT = f"reflector-appliance/{__version__}"
 CONNECT_TIMEOUT = 5.0
-CHUNK = 128 * 1024
 
 
 class CloudFrontRO(BlobStore):
@@ -79,37 +77,11 @@ class CloudFrontRO(BlobStore):
                 raise BlobNotFound(trace=Trace.new(self.name, started))
             if resp.status_code != 200:
                 raise OriginError(f"origin {self.endpoint}: unexpected status {resp.status_code}")
-            try:
-                size = int(resp.headers.get("Content-Length", ""))
-            except ValueError:
-                size = -1
-            if not 0 < size <= MAX_BLOB_SIZE:
-                raise OriginError(f"origin {self.endpoint} announced {resp.headers.get('Content-Length')!r} bytes "
-                                  f"for {hash_[:8]}")
-            sock = getattr(resp.raw.connection, "sock", None)
-            if sock is not None:
-                sock.settimeout(self.timeout)  # from here on, the idle timeout bounds each read
         except BaseException:
             resp.close()
             raise
-        return BlobStream(size, self._chunks(resp, size, hash_), Trace.new(self.name, started), resp.close)
-
-    def _chunks(self, resp: requests.Response, size: int, hash_: str) -> Iterator[bytes]:
-        received = 0
-        while received < size:
-            try:
-                chunk = resp.raw.read(min(CHUNK, size - received))
-            except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
-                raise IdleTimeout(f"origin {self.endpoint}: i/o timeout reading {hash_[:8]}") from exc
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise OriginError(f"origin {self.endpoint}: reading {hash_[:8]}: {str(exc)[:200]}") from exc
-            if not chunk:
-                raise OriginError(f"origin {self.endpoint}: unexpected EOF after {received} of {size} bytes of "
-                                  f"{hash_[:8]}")
-            received += len(chunk)
-            metrics.S3_IN_BYTES.inc(len(chunk))
-            yield chunk
-        resp.raw.release_conn()
+        return body_stream(resp, hash_, f"origin {self.endpoint}", self.timeout, Trace.new(self.name, started),
+                           metrics.S3_IN_BYTES)
 
     def put(self, hash_: str, data: bytes) -> None:
         raise NotImplementedByStore()

@@ -70,39 +70,11 @@ class HttpStore(BlobStore):
                 raise BlobNotFound(trace=trace.stack(self.name, started))
             if resp.status_code != 200:
                 raise self._status_error(resp)
-            try:
-                size = int(resp.headers.get("Content-Length", ""))
-            except ValueError:
-                size = -1
-            if not 0 < size <= MAX_BLOB_SIZE:
-                raise OriginError(f"upstream {self.upstream} announced {resp.headers.get('Content-Length')!r} bytes "
-                                  f"for {hash_[:8]}")
-            sock = getattr(resp.raw.connection, "sock", None)
-            if sock is not None:
-                sock.settimeout(self.timeout)  # from here on, the idle timeout bounds each read
         except BaseException:
             resp.close()
             raise
-        return BlobStream(size, self._chunks(resp, size, hash_), trace.stack(self.name, started), resp.close)
-
-    def _chunks(self, resp: requests.Response, size: int, hash_: str) -> Iterator[bytes]:
-        raw = resp.raw
-        received = 0
-        while received < size:
-            try:
-                chunk = raw.read(min(CHUNK, size - received))
-            except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
-                raise IdleTimeout(f"upstream {self.upstream}: i/o timeout: nothing for {self.timeout:g}s "
-                                  f"after {received} of {size} bytes of {hash_[:8]}") from exc
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise OriginError(f"upstream {self.upstream}: reading {hash_[:8]}: {_reason(exc)}") from exc
-            if not chunk:
-                raise OriginError(f"upstream {self.upstream}: unexpected EOF after {received} of {size} bytes "
-                                  f"of {hash_[:8]}")
-            received += len(chunk)
-            metrics.HTTP_IN_BYTES.inc(len(chunk))
-            yield chunk
-        raw.release_conn()  # read to the end: the connection goes back to the pool
+        return body_stream(resp, hash_, f"upstream {self.upstream}", self.timeout, trace.stack(self.name, started),
+                           metrics.HTTP_IN_BYTES)
 
     def _request(self, method: str, hash_: str, params: dict, stream: bool = False) -> requests.Response:
         try:
@@ -134,6 +106,48 @@ class HttpStore(BlobStore):
 
     def shutdown(self) -> None:
         self.session.close()
+
+
+def body_stream(resp: requests.Response, hash_: str, source: str, idle_timeout: float, trace: Trace,
+                counter) -> BlobStream:
+    """The body of a 200 answer (requested with stream=True) as it arrives: its size is the announced
+    Content-Length, each read waits at most `idle_timeout`, `counter` counts the bytes. Closes `resp` when
+    the answer is no blob."""
+    try:
+        try:
+            size = int(resp.headers.get("Content-Length", ""))
+        except ValueError:
+            size = -1
+        if not 0 < size <= MAX_BLOB_SIZE:
+            raise OriginError(f"{source} announced {resp.headers.get('Content-Length')!r} bytes for {hash_[:8]}, "
+                              f"which do not match any blob size (1 to {MAX_BLOB_SIZE})")
+        sock = getattr(resp.raw.connection, "sock", None)
+        if sock is not None:
+            sock.settimeout(idle_timeout)  # from here on, the idle timeout bounds each read
+    except BaseException:
+        resp.close()
+        raise
+    return BlobStream(size, _chunks(resp, size, hash_, source, idle_timeout, counter), trace, resp.close)
+
+
+def _chunks(resp: requests.Response, size: int, hash_: str, source: str, idle_timeout: float,
+            counter) -> Iterator[bytes]:
+    raw = resp.raw
+    received = 0
+    while received < size:
+        try:
+            chunk = raw.read(min(CHUNK, size - received))
+        except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
+            raise IdleTimeout(f"{source}: i/o timeout: nothing for {idle_timeout:g}s after {received} of {size} "
+                              f"bytes of {hash_[:8]}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise OriginError(f"{source}: reading {hash_[:8]}: {_reason(exc)}") from exc
+        if not chunk:
+            raise OriginError(f"{source}: unexpected EOF after {received} of {size} bytes of {hash_[:8]}")
+        received += len(chunk)
+        counter.inc(len(chunk))
+        yield chunk
+    raw.release_conn()  # read to the end: the connection goes back to the pool
 
 
 def _reason(exc: BaseException) -> str:
