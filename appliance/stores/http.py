@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from urllib.parse import urlencode, urlsplit
 
 import requests
 import urllib3.exceptions
@@ -10,6 +11,7 @@ from requests.adapters import HTTPAdapter
 
 from appliance import metrics
 from appliance.blob import MAX_BLOB_SIZE, blob_hash, check_hash
+from appliance.clients import rawhttp
 from appliance.errors import BlobNotFound, FirstByteTimeout, IdleTimeout, OriginError
 from appliance.stores.base import Blob, BlobStore, BlobStream
 from appliance.trace import Trace
@@ -39,6 +41,9 @@ class HttpStore(BlobStore):
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers["Accept-Encoding"] = "identity"
+        url = urlsplit(self.base)
+        self.path = url.path.rstrip("/")
+        self.raw = rawhttp.RawHttpPool(url.hostname, url.port or 80, pool_size) if url.scheme == "http" else None
 
     def has(self, hash_: str) -> bool:
         check_hash(hash_)
@@ -59,13 +64,12 @@ class HttpStore(BlobStore):
 
     def stream(self, hash_: str) -> BlobStream:
         check_hash(hash_)
+        if self.raw is not None:
+            return self._raw_stream(hash_)
         started = time.monotonic_ns()
-        params = {"hash": hash_}
-        if self.edge_token:
-            params["edge_token"] = self.edge_token
-        resp = self._request("GET", hash_, params, stream=True)
+        resp = self._request("GET", hash_, self._params(hash_), stream=True)
         try:
-            trace = self._upstream_trace(resp)
+            trace = self._upstream_trace(resp.headers.get("Via"))
             if resp.status_code == 404:
                 raise BlobNotFound(trace=trace.stack(self.name, started))
             if resp.status_code != 200:
@@ -75,6 +79,52 @@ class HttpStore(BlobStore):
             raise
         return body_stream(resp, hash_, f"upstream {self.upstream}", self.timeout, trace.stack(self.name, started),
                            metrics.HTTP_IN_BYTES)
+
+    def _raw_stream(self, hash_: str) -> BlobStream:
+        """stream() over the lean client (http:// upstreams: the miss path's hot loop)."""
+        started = time.monotonic_ns()
+        try:
+            answer = self.raw.get(f"{self.path}/blob?{urlencode(self._params(hash_))}", self.first_byte_timeout,
+                                  self.timeout)
+        except rawhttp.FirstByteTimeoutError as exc:
+            raise FirstByteTimeout(f"upstream {self.upstream}: i/o timeout: no answer within "
+                                   f"{self.first_byte_timeout:g}s ({hash_[:8]})") from exc
+        except TimeoutError as exc:
+            raise OriginError(f"upstream {self.upstream}: i/o timeout connecting ({hash_[:8]})") from exc
+        except (OSError, rawhttp.RawHttpError) as exc:
+            raise OriginError(f"upstream {self.upstream}: {exc}") from exc
+        try:
+            trace = self._upstream_trace(answer.headers.get("via"))
+            if answer.status == 404:
+                answer.read_small()
+                raise BlobNotFound(trace=trace.stack(self.name, started))
+            if answer.status != 200:
+                text = answer.read_small(200).decode("utf-8", "replace").strip()
+                raise OriginError(f"upstream error. Status code: {answer.status} ({text})")
+            if not 0 < answer.length <= MAX_BLOB_SIZE:
+                raise OriginError(f"upstream {self.upstream} announced {answer.headers.get('content-length')!r} "
+                                  f"bytes for {hash_[:8]}, which do not match any blob size (1 to {MAX_BLOB_SIZE})")
+        except BaseException:
+            answer.close()
+            raise
+        return BlobStream(answer.length, self._raw_chunks(answer, hash_), trace.stack(self.name, started),
+                          answer.close)
+
+    def _raw_chunks(self, answer: rawhttp.Answer, hash_: str) -> Iterator[bytes]:
+        try:
+            for chunk in answer.body():
+                metrics.HTTP_IN_BYTES.inc(len(chunk))
+                yield chunk
+        except rawhttp.StalledBody as exc:
+            raise IdleTimeout(f"upstream {self.upstream}: i/o timeout reading {hash_[:8]}: {exc}") from exc
+        except OSError as exc:
+            raise OriginError(f"upstream {self.upstream}: reading {hash_[:8]}: {exc}") from exc
+
+    def _params(self, hash_: str) -> dict:
+        params = {"hash": hash_}
+        if self.edge_token:
+            params["edge_token"] = self.edge_token
+        return params
 
     def _request(self, method: str, hash_: str, params: dict, stream: bool = False) -> requests.Response:
         try:
@@ -90,8 +140,7 @@ class HttpStore(BlobStore):
         except requests.RequestException as exc:
             raise OriginError(f"upstream {self.upstream}: {_reason(exc)}") from exc
 
-    def _upstream_trace(self, resp: requests.Response) -> Trace:
-        via = resp.headers.get("Via")
+    def _upstream_trace(self, via: str | None) -> Trace:
         if not via:
             return Trace()
         try:
@@ -106,6 +155,8 @@ class HttpStore(BlobStore):
 
     def shutdown(self) -> None:
         self.session.close()
+        if self.raw is not None:
+            self.raw.close()
 
 
 def body_stream(resp: requests.Response, hash_: str, source: str, idle_timeout: float, trace: Trace,

@@ -65,7 +65,8 @@ class NginxProxyCache:
         self.port = free_port()
         conf = directory / "nginx.conf"
         conf.write_text(NGINX_PROXY_CACHE.format(tmp=directory, port=self.port, origin=origin_port))
-        self.proc = subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"], stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"], stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
         wait_port(self.port)
 
     def stop(self) -> None:
