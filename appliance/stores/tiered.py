@@ -333,6 +333,9 @@ class _Relay:
             if self.kept is not None:
                 self.kept.append(chunk)
             if self.received == self.stream.size:
+                if next(self.source, None) is not None:  # also lets the store finish (its connection is reused)
+                    raise OriginError(f"origin sent more than the {self.stream.size} bytes it announced for "
+                                      f"{self.hash[:8]}")
                 if self.sha.hexdigest() != self.hash:
                     raise HashMismatch(f"origin sent {self.received} bytes for {self.hash[:8]} that do not match "
                                        "its hash")
