@@ -15,8 +15,8 @@ With --mem-cache, whatever a worker serves from a lower tier is kept in its memo
 When the manager is unreachable the worker keeps serving: hits as always, misses fetched directly
 (single flight within the process only) and not cached.
 
-Write (uploads): origin first (local storage, S3 and/or MySQL), then written through to the disk caches
-and reported to the manager (`added`), so the receipt is sent only after the blob is durable.
+Write (uploads): origin first (local storage, S3 and/or MySQL), so the receipt is sent only after the blob
+is durable; then copied into the disk caches that the manager made room in first (`admit`).
 """
 from __future__ import annotations
 
