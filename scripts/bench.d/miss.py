@@ -8,6 +8,8 @@ Each run writes fresh 2 MiB blobs into A's storage (one set per side) and measur
   cold   blobs neither cache holds: each is fetched from A while it is relayed to the client
   hits   the same blobs again (each asked HIT_REPEAT times, so the measurement is long enough)
 The two sides alternate (which goes first swaps every run); medians of --runs runs and ratios ours/nginx.
+Also the CPU time each side's processes spend per cold miss (utime + stime of its process group): on a busy
+machine throughput follows it, and unlike MB/s it does not depend on what else the machine is doing.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import argparse
 import hashlib
 import http.client
 import json
+import os
 import shutil
 import signal
 import statistics
@@ -56,6 +59,22 @@ http {{
     }}
 }}
 """
+
+
+def group_cpu(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of one process group."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 class NginxProxyCache:
@@ -145,7 +164,8 @@ def main() -> int:
               f"(ours over {args.upstream_protocol}, nginx over http); {args.runs} runs of {args.blobs} x 2 MiB, "
               f"{args.clients} clients, bodies checked", flush=True)
         sides = {"ours": ours.http_port, "nginx": nginx.port}
-        figures: dict[str, list[float]] = {f"{kind} {side}": [] for kind in ("cold", "hits") for side in sides}
+        groups = {"ours": ours.proc.pid, "nginx": nginx.proc.pid}  # both lead their own process group
+        figures: dict[str, list[float]] = {f"{kind} {side}": [] for kind in ("cold", "hits", "cpu") for side in sides}
         for run in range(args.runs):
             order = list(sides) if run % 2 == 0 else list(reversed(sides))
             fresh = {side: write_blobs(storage, args.blobs) for side in order}
@@ -153,7 +173,10 @@ def main() -> int:
             for kind in ("cold", "hits"):
                 for side in order:
                     hashes = fresh[side] if kind == "cold" else fresh[side] * HIT_REPEAT
+                    cpu = group_cpu(groups[side])
                     value = load(sides[side], hashes, args.clients)
+                    if kind == "cold":
+                        figures[f"cpu {side}"].append((group_cpu(groups[side]) - cpu) / len(hashes) * 1000)
                     figures[f"{kind} {side}"].append(value)
                     line.append(f"{kind} {side} {value:.0f}")
             print(f"  run {run + 1}: " + ", ".join(line) + " MB/s", flush=True)
@@ -166,6 +189,8 @@ def main() -> int:
             print(f"{kind:<5} ours {medians[f'{kind} ours']:7.1f} MB/s   nginx proxy_cache "
                   f"{medians[f'{kind} nginx']:7.1f} MB/s   ours/nginx {ratio:.2f} (median of per-run ratios; "
                   f"goal >= 1.0: {'met' if ratio >= 1.0 else 'NOT met'})", flush=True)
+        print(f"CPU per cold miss: ours {medians['cpu ours']:.1f} ms, nginx {medians['cpu nginx']:.1f} ms "
+              f"(each side's whole process group)", flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps({"protocol": args.upstream_protocol, "runs": figures,
                                                    "medians": medians, "ratios": report}, indent=1))
