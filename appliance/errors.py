@@ -32,6 +32,14 @@ class OriginError(Exception):
     """An origin or upstream store failed for a reason other than not-found."""
 
 
+class FirstByteTimeout(OriginError):
+    """The upstream accepted the request and sent no answer within the first-byte timeout."""
+
+
+class IdleTimeout(OriginError):
+    """The upstream stopped sending in the middle of a blob for longer than the idle timeout."""
+
+
 # (substring, error_type) in reflector.go's order; errno checks are interleaved where the Go code has them.
 _SUBSTRINGS_BEFORE_ERRNO = [("i/o timeout", "io_timeout")]
 _SUBSTRINGS = [

@@ -86,6 +86,9 @@ CONNECTIONS = Gauge("appliance_connections", "Open client connections, by server
                     multiprocess_mode="livesum")
 DOWNLOAD_FAILURES_TOTAL = Counter("appliance_download_failures_total",
                                   "Downloads answered with an error, by server and reason", ["server", "reason"])
+ORIGIN_FAILURES_TOTAL = Counter("appliance_origin_failures_total",
+                                "Cache misses whose origin fetch failed, by reason (hash_mismatch, "
+                                "first_byte_timeout, idle_timeout, error)", ["reason"])
 
 
 def count_error(direction: str, exc: BaseException) -> str:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance import __version__, ipc, logs, metrics
+from appliance.cache.crashcheck import check_disk_caches
 from appliance.config import MAX_WORKERS, Config, worker_count
 from appliance.metrics_server import MetricsServer
 from appliance.scoreboard import Scoreboard
@@ -200,6 +201,7 @@ class Supervisor:
             role = "http3" if port_key == "http3_peer_port" else "dht"
             if self.roles()[role]:
                 probe_port(self.host, self.config.values[port_key], kind)
+        check_disk_caches(self.config)  # before any process serves a cache file (appliance/cache/crashcheck.py)
         for index in range(self.target_workers):
             self._open_worker_sockets(index)
         self.scoreboard = Scoreboard(MAX_SLOTS)

@@ -8,15 +8,16 @@ Protocol (msgpack-rpc on <runtime_dir>/cache.sock, see appliance/ipc.py):
            (other blobs evicted) before it writes, so a cache never holds more than its size however
            many misses are written at once; it writes the blob into the caches marked true
   request  done([hash, size])       the leaseholder wrote the blob into the disk caches
-  request  failed([hash, kind, msg])  kind "notfound" (remembered in the negative cache) or "error"
+  request  failed([hash, kind, msg])  kind "notfound" (remembered in the negative cache), "error", or
+           "retry" (the leaseholder cached nothing through no fault of the origin: a waiter takes over)
   request  status()                 the cache section of `appliancectl status`
   request  nospace([cache, size])   a write into disk cache number `cache` met ENOSPC: room is made from the
-           filesystem's free space; true when blobs were evicted (the writer retries once, then gives up)
-  notify   added([hash, size])      an upload is stored (origin first): the negative cache forgets it, and
-           each disk cache that holds its written-through copy indexes it
+           filesystem's free space; true when blobs were evicted (an upload's copy is tried once more)
+  request  admit([hash, size])      -> [bool per disk cache]: an upload is about to be written through;
+           room is made first (as for reserve), and it is written into the caches marked true
   notify   accessed([[hash, uses], ...])  batched cache hits (recency / frequency)
 A lease that ends without `done` forgets whatever was reserved for a file that was not written.
-Workers read cached files directly; this process only decides what stays. SQLite calls block this
+Workers read cached files directly; this process only decides what stays. Index writes block this
 process's hub, which is why the index lives here and not in the workers.
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ from gevent.server import StreamServer
 
 from appliance import ipc, logs, metrics
 from appliance.blob import MAX_BLOB_SIZE
+from appliance.cache import crashcheck
 from appliance.cache.index import CacheIndex, CacheIndexError
 from appliance.cache.scan import CacheLoader, blob_path
 from appliance.cache.spec import DiskCacheSpec
@@ -245,6 +247,8 @@ class CacheManager:
             return [False] * len(self.layers)
         return [layer.add(hash_, size) for layer in self.layers]
 
+    # -- notifications ------------------------------------------------------------------------------
+
     def done(self, conn: int, hash_: str, size: int) -> None:
         self.finish(conn, hash_, "ready")
 
@@ -257,6 +261,8 @@ class CacheManager:
                     self.negative.clear()
             self.negative[hash_] = time.monotonic() + NEGATIVE_TTL
             self.finish(conn, hash_, "notfound")
+        elif kind == "retry":
+            self.finish(conn, hash_, "retry")
         else:
             self.finish(conn, hash_, f"error:{message}")
 
@@ -265,21 +271,19 @@ class CacheManager:
             if flight.holder == conn:
                 self.finish(conn, hash_, "retry")  # a waiter takes the lease over
 
-    # -- notifications ------------------------------------------------------------------------------
-    def added(self, hash_: str, size: int) -> None:
-        """An upload is stored: it is not "not found" any more; each cache that got its copy indexes it."""
+    def admit(self, hash_: str, size: int) -> list[bool]:
         self.negative.pop(hash_, None)
-        for layer in self.layers:
-            if os.path.exists(blob_path(layer.root, hash_)):  # a write-through that failed left no copy there
-                layer.add(hash_, size)
+        return [layer.add(hash_, size) for layer in self.layers]
 
     def nospace(self, layer: int, size: int) -> bool:
         """A cache write met ENOSPC: fit that cache to its filesystem with `size` more bytes free; True when
-        blobs were evicted (the writer retries once)."""
+        blobs were evicted."""
         if not 0 <= layer < len(self.layers):
             return False
         log.warning("cache %s: a write of %d bytes found the disk full; making room", self.layers[layer].root, size)
         return self.layers[layer].fit_to_filesystem(need=size)
+
+    # -- notifications ------------------------------------------------------------------------------
 
     def accessed(self, counts: list) -> None:
         uses = [hash_ for hash_, n in counts for _ in range(int(n))]  # every read is a use (lfu counts them)
@@ -336,6 +340,8 @@ def main(ctx: ChildContext) -> int:
                 return manager.done(conn, params[0], int(params[1]))
             if method == "failed":
                 return manager.failed(conn, params[0], params[1], params[2] if len(params) > 2 else "")
+            if method == "admit":
+                return manager.admit(params[0], int(params[1]))
             if method == "status":
                 return manager.status()
             if method == "nospace":
@@ -343,9 +349,7 @@ def main(ctx: ChildContext) -> int:
             raise ValueError(f"unknown method {method!r}")
 
         def on_notify(method: str, params) -> None:
-            if method == "added":
-                manager.added(params[0], int(params[1]))
-            elif method == "accessed":
+            if method == "accessed":
                 manager.accessed(list(params))
 
         ipc.serve_connection(sock, on_request, on_notify, spawn=gevent.spawn,
@@ -361,6 +365,7 @@ def main(ctx: ChildContext) -> int:
     server.start()
 
     loaders = [gevent.spawn(_load_in_background, layer) for layer in layers if layer.index.needs_scan]
+    syncer = gevent.spawn(_sync_caches, layers, ctx.config.cache_sync_interval)
     refresher_stop = threading.Event()
     refresher = _start_blocklist_refresher(ctx, refresher_stop, layers)
     stop = Event()
@@ -383,6 +388,8 @@ def main(ctx: ChildContext) -> int:
     server.stop(timeout=1)
     for loader in loaders:
         loader.kill()
+    syncer.kill()
+    _checkpoint(layers)  # a clean stop: the next boot has nothing to check
     refresher_stop.set()
     if refresher is not None:
         refresher.kill()
@@ -422,6 +429,21 @@ def _start_blocklist_refresher(ctx: ChildContext, stop: threading.Event, layers:
     caches = [IndexedCache(layer) for layer in layers]
     blocklist = Blocklist.from_config(config, db=origin.database, stores=[origin.store, *caches])
     return gevent.spawn(blocklist.run, stop)
+
+
+def _sync_caches(layers: list[Layer], interval: float) -> None:
+    """Cache copies are not fsynced per blob: sync each cache's file system now and then (crashcheck.py)."""
+    while True:
+        _checkpoint(layers)
+        gevent.sleep(max(0.1, interval))
+
+
+def _checkpoint(layers: list[Layer]) -> None:
+    for layer in layers:
+        try:  # syncfs waits for the disk: in a thread, so this process keeps answering meanwhile
+            gevent.get_hub().threadpool.apply(crashcheck.checkpoint, (layer.root,))
+        except OSError as exc:
+            log.warning("cannot sync the disk cache %s: %s", layer.root, exc)
 
 
 def _load_in_background(layer: Layer) -> None:

@@ -73,6 +73,14 @@ class Connection:
             out += data
         return bytes(out)
 
+    def recv_within(self, size: int, timeout: float, what: str) -> bytes:
+        """Up to `size` bytes, waiting at most `timeout` for the first of them (b"" at EOF)."""
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(size)
+        except TimeoutError:
+            raise TimeoutError(f"i/o timeout: {what} from {self.address} stalled for {timeout:g}s") from None
+
     def _recv(self, deadline: float, what: str, size: int = RECV_SIZE) -> bytes:
         remaining = deadline - time.monotonic()
         if remaining <= 0:

@@ -11,16 +11,17 @@ re-opened once, transparently. After a protocol error or a hash mismatch the con
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from appliance import metrics
 from appliance.blob import blob_hash, check_hash
 from appliance.clients.connection import ClosedBeforeReply, Connection
-from appliance.errors import BlobNotFound, HashMismatch, ProtocolError
+from appliance.errors import BlobNotFound, HashMismatch, ProtocolError, UnexpectedEOF
 from appliance.protocol import peer as codec
 from appliance.protocol.framing import JsonFramer
 
 MAX_RESPONSE_HEADER = 64 * 1024
+RECV_CHUNK = 256 * 1024
 
 
 class PeerClient:
@@ -64,6 +65,45 @@ class PeerClient:
             self.close()
             raise HashMismatch(f"blob {hash_[:8]} from {self._address}: received data does not match its hash")
         return data
+
+    def stream_blob(self, hash_: str, idle_timeout: float) -> tuple[int, Iterator[bytes]]:
+        """Ask for one blob: its announced length and its bytes as they arrive, NOT verified (the reader
+        hashes them). Each read waits at most `idle_timeout`; a body not read to its end drops the
+        connection."""
+        check_hash(hash_)
+        header = self._exchange(codec.encode_request(hash_), "response header")
+        try:
+            resp = codec.parse_response(header)
+            if resp is None:
+                raise ProtocolError(f"{self._address}: not a peer protocol response: {sorted(header)[:5]}")
+            length = codec.accept_blob(resp, hash_)
+        except BlobNotFound:
+            raise
+        except Exception:
+            self.close()
+            raise
+        return length, self._body(self._conn, length, hash_, idle_timeout)
+
+    def _body(self, conn: Connection, length: int, hash_: str, idle_timeout: float) -> Iterator[bytes]:
+        received = 0
+        try:
+            first = conn.framer.take_available(length)
+            if first:
+                received += len(first)
+                metrics.TCP_IN_BYTES.inc(len(first))
+                yield first
+            while received < length:
+                data = conn.recv_within(min(length - received, RECV_CHUNK), idle_timeout, f"blob {hash_[:8]}")
+                if not data:
+                    raise UnexpectedEOF(f"unexpected EOF: {self._address} sent {received} of {length} bytes of "
+                                        f"blob {hash_[:8]}")
+                received += len(data)
+                metrics.TCP_IN_BYTES.inc(len(data))
+                yield data
+        except BaseException:  # an error, or a reader that stopped early: the connection is out of step
+            if self._conn is conn:
+                self.close()
+            raise
 
     def has_blobs(self, hashes: Iterable[str]) -> set[str]:
         """The hashes among `hashes` that the server says it has."""

@@ -215,7 +215,15 @@ class HttpServer(GeventServer):
                               b"Content-Disposition: filename=%s\r\nVia: %s\r\nContent-Length: %d\r\n%s\r\n"
                               % (self._date.get(), hash_.encode(), via, blob.size, conn))
                     sock.settimeout(self.send_timeout)
-                    send_blob(sock, header, blob, self.send_timeout)
+                    try:
+                        send_blob(sock, header, blob, self.send_timeout)
+                    except OSError:
+                        raise
+                    except Exception as exc:  # a streamed miss failed (bad bytes, stalled origin) mid-body:
+                        # close before the announced length, so the client cannot take it for a blob
+                        kind = metrics.count_error("download", exc)
+                        metrics.DOWNLOAD_FAILURES_TOTAL.labels(server="http", reason=kind).inc()
+                        raise _Close() from exc
                     size = blob.size
             metrics.HTTP_OUT_BYTES.inc(size)
             metrics.BLOB_DOWNLOAD_TOTAL.inc()

@@ -10,7 +10,7 @@ import socket
 
 from gevent.socket import wait_write
 
-from appliance.stores.base import Blob
+from appliance.stores.base import Blob, StreamedBlob
 
 # Below this a body is joined to its header: one send, one segment.
 _JOIN_LIMIT = 64 * 1024
@@ -33,7 +33,20 @@ def send_file(sock, fd: int, size: int, timeout: float | None) -> None:
 
 
 def send_blob(sock, header: bytes, blob: Blob, timeout: float | None) -> None:
-    """Send `header` immediately followed by the blob's bytes (the socket's timeout covers each send)."""
+    """Send `header` immediately followed by the blob's bytes (the socket's timeout covers each send).
+
+    A streamed blob is relayed chunk by chunk as it arrives; when its chunks end in an error, that error
+    propagates with the body incomplete, and the caller must close the connection.
+    """
+    if isinstance(blob, StreamedBlob):
+        pending = header
+        for chunk in blob.chunks:
+            if pending:  # the header goes out with the first chunk: one segment
+                sock.sendall(pending + chunk)
+                pending = b""
+            else:
+                sock.sendall(chunk)
+        return
     if blob.file is not None:
         # MSG_MORE: the kernel holds the header back and sends it in the same segment as the body's start.
         sock.sendall(header, socket.MSG_MORE)

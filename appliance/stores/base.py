@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from appliance.errors import BlobNotFound, NotImplementedByStore
 from appliance.trace import Trace
 
-__all__ = ["Blob", "BlobStore", "BlobNotFound", "NotImplementedByStore", "NeededBlobsChecker", "Blocklister"]
+__all__ = ["Blob", "BlobStream", "StreamedBlob", "BlobStore", "BlobNotFound", "NotImplementedByStore",
+           "NeededBlobsChecker", "Blocklister"]
 
 
 class Blob:
@@ -49,8 +51,78 @@ class Blob:
         self.close()
 
 
+class BlobStream:
+    """One blob as an origin sends it: the announced `size`, then its bytes in chunks as they arrive.
+
+    Iterating yields exactly `size` bytes or raises (a short or overlong body, a stalled transfer); the
+    SHA-384 is the reader's to check. Close it when done (a connection that was not read to the end is
+    not reused).
+    """
+
+    __slots__ = ("size", "trace", "_chunks", "_close")
+
+    def __init__(self, size: int, chunks: Iterator[bytes], trace: Trace | None = None,
+                 close: Callable[[], None] | None = None):
+        self.size = size
+        self.trace = trace if trace is not None else Trace()
+        self._chunks = chunks
+        self._close = close
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks
+
+    def close(self) -> None:
+        if self._close is not None:
+            close, self._close = self._close, None
+            close()
+
+    def __enter__(self) -> BlobStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @classmethod
+    def of_blob(cls, blob: Blob) -> BlobStream:
+        """A whole blob as a one-chunk stream (stores that cannot stream)."""
+        def chunks() -> Iterator[bytes]:
+            with blob:
+                yield blob.data
+        return cls(blob.size, chunks(), blob.trace, blob.close)
+
+
+class StreamedBlob(Blob):
+    """A blob relayed while it arrives: servers send `chunks` as they come; `data` reads them all.
+
+    The chunks end in an exception (never a complete body) when the bytes fail their check, so a server
+    that relays them must close its connection on an error, before the announced size is complete.
+    """
+
+    __slots__ = ("chunks", "_on_close")
+
+    def __init__(self, hash_: str, size: int, chunks: Iterator[bytes], trace: Trace,
+                 on_close: Callable[[], None]):
+        self.hash, self.size, self.trace = hash_, size, trace
+        self._data, self.file = None, None
+        self.chunks = chunks
+        self._on_close = on_close
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            self._data = b"".join(self.chunks)
+        return self._data
+
+    def close(self) -> None:
+        self._on_close()
+
+
 class BlobStore:
-    """has / get / put / put_sd / delete; `get` raises BlobNotFound when the blob is absent."""
+    """has / get / put / put_sd / delete; `get` raises BlobNotFound when the blob is absent.
+
+    `stream` is `get` for a reader that relays the bytes as they arrive; stores that cannot stream
+    answer with the whole blob in one chunk.
+    """
 
     name = "store"
 
@@ -59,6 +131,10 @@ class BlobStore:
 
     def get(self, hash_: str) -> Blob:
         raise NotImplementedByStore()
+
+    def stream(self, hash_: str) -> BlobStream:
+        """The blob's size and its bytes as they arrive (BlobNotFound when absent; bytes not verified)."""
+        return BlobStream.of_blob(self.get(hash_))
 
     def put(self, hash_: str, data: bytes) -> None:
         raise NotImplementedByStore()

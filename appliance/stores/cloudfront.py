@@ -9,13 +9,15 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from appliance import __version__, metrics
-from appliance.blob import MAX_BLOB_SIZE, blob_hash, check_hash
-from appliance.errors import BlobNotFound, NotImplementedByStore, OriginError
-from appliance.stores.base import Blob, BlobStore
+from appliance.blob import blob_hash, check_hash
+from appliance.errors import BlobNotFound, FirstByteTimeout, NotImplementedByStore, OriginError
+from appliance.stores.base import Blob, BlobStore, BlobStream
+from appliance.stores.http import body_stream
 from appliance.trace import Trace
 
 log = logging.getLogger("store")
 USER_AGENT = f"reflector-appliance/{__version__}"
+CONNECT_TIMEOUT = 5.0
 
 
 class CloudFrontRO(BlobStore):
@@ -23,10 +25,12 @@ class CloudFrontRO(BlobStore):
 
     name = "cloudfront_ro"
 
-    def __init__(self, endpoint: str, timeout: float = 30.0, pool_size: int = 64):
+    def __init__(self, endpoint: str, timeout: float = 30.0, pool_size: int = 64,
+                 first_byte_timeout: float | None = None):
         # reflector.go concatenates as given; a missing trailing slash would make every URL wrong.
         self.endpoint = endpoint if endpoint.endswith("/") else endpoint + "/"
-        self.timeout = timeout  # connect and per-read: reflector.go has none
+        self.timeout = timeout  # idle: each read of a body (reflector.go has none)
+        self.first_byte_timeout = timeout if first_byte_timeout is None else first_byte_timeout
         self.session = requests.Session()
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
@@ -35,9 +39,14 @@ class CloudFrontRO(BlobStore):
 
     def _request(self, method: str, hash_: str) -> requests.Response:
         try:
-            return self.session.request(method, self.endpoint + hash_, timeout=self.timeout, stream=True)
+            return self.session.request(method, self.endpoint + hash_, stream=True,
+                                        timeout=(min(CONNECT_TIMEOUT, self.first_byte_timeout),
+                                                 self.first_byte_timeout))
+        except requests.ConnectTimeout as exc:
+            raise OriginError(f"origin {self.endpoint}: i/o timeout connecting ({hash_[:8]})") from exc
         except requests.Timeout as exc:
-            raise OriginError(f"origin {self.endpoint}: i/o timeout ({hash_[:8]})") from exc
+            raise FirstByteTimeout(f"origin {self.endpoint}: i/o timeout: no answer within "
+                                   f"{self.first_byte_timeout:g}s ({hash_[:8]})") from exc
         except requests.RequestException as exc:
             raise OriginError(f"origin {self.endpoint}: {type(exc).__name__}: {str(exc)[:200]}") from exc
 
@@ -51,34 +60,28 @@ class CloudFrontRO(BlobStore):
             raise OriginError(f"origin {self.endpoint}: unexpected status {resp.status_code}")
 
     def get(self, hash_: str) -> Blob:
+        with self.stream(hash_) as stream:
+            data = b"".join(stream)
+        if blob_hash(data) != hash_:
+            raise OriginError(f"origin {self.endpoint} sent {len(data)} bytes for {hash_[:8]} that do not match "
+                              "its hash")
+        return Blob(hash_, data=data, trace=stream.trace)
+
+    def stream(self, hash_: str) -> BlobStream:
+        """The body as it arrives; its length is the announced Content-Length (at most MAX_BLOB_SIZE)."""
         check_hash(hash_)
         started = time.monotonic_ns()
-        with self._request("GET", hash_) as resp:
+        resp = self._request("GET", hash_)
+        try:
             if resp.status_code in (403, 404):
                 raise BlobNotFound(trace=Trace.new(self.name, started))
             if resp.status_code != 200:
                 raise OriginError(f"origin {self.endpoint}: unexpected status {resp.status_code}")
-            data = self._read_body(resp, hash_)
-        metrics.S3_IN_BYTES.inc(len(data))
-        if not 0 < len(data) <= MAX_BLOB_SIZE or blob_hash(data) != hash_:
-            raise OriginError(f"origin {self.endpoint} sent {len(data)} bytes for {hash_[:8]} that do not match "
-                              "its hash")
-        return Blob(hash_, data=data, trace=Trace.new(self.name, started))
-
-    def _read_body(self, resp: requests.Response, hash_: str) -> bytes:
-        """At most MAX_BLOB_SIZE + 1 bytes: an origin sending more is wrong and must not fill memory."""
-        chunks, size = [], 0
-        try:
-            for chunk in resp.iter_content(256 * 1024):
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > MAX_BLOB_SIZE:
-                    break
-        except requests.Timeout as exc:
-            raise OriginError(f"origin {self.endpoint}: i/o timeout reading {hash_[:8]}") from exc
-        except requests.RequestException as exc:
-            raise OriginError(f"origin {self.endpoint}: reading {hash_[:8]}: {str(exc)[:200]}") from exc
-        return b"".join(chunks)
+        except BaseException:
+            resp.close()
+            raise
+        return body_stream(resp, hash_, f"origin {self.endpoint}", self.timeout, Trace.new(self.name, started),
+                           metrics.S3_IN_BYTES)
 
     def put(self, hash_: str, data: bytes) -> None:
         raise NotImplementedByStore()
@@ -119,6 +122,19 @@ class ITTT(BlobStore):
         blob.trace.stack(self.name, started)
         return blob
 
+    def stream(self, hash_: str) -> BlobStream:
+        started = time.monotonic_ns()
+        try:
+            stream = self.this.stream(hash_)
+            metrics.ITTT_THIS_HIT_TOTAL.inc()
+        except Exception as exc:  # before any byte: the second store can still answer
+            if not isinstance(exc, BlobNotFound):
+                log.debug("ittt: %s stream %s failed: %s", self.this.name, hash_[:8], exc)
+            stream = self.that.stream(hash_)
+            metrics.ITTT_THAT_HIT_TOTAL.inc()
+        stream.trace.stack(self.name, started)
+        return stream
+
     def put(self, hash_: str, data: bytes) -> None:
         raise NotImplementedByStore()
 
@@ -148,6 +164,12 @@ class CloudFrontRW(BlobStore):
         blob = self.reads.get(hash_)
         blob.trace.stack(self.name, started)
         return blob
+
+    def stream(self, hash_: str) -> BlobStream:
+        started = time.monotonic_ns()
+        stream = self.reads.stream(hash_)
+        stream.trace.stack(self.name, started)
+        return stream
 
     def put(self, hash_: str, data: bytes) -> None:
         self.s3.put(hash_, data)

@@ -60,11 +60,14 @@ def build_origin(config: Config) -> Origin:
         if protocol == "tcp":
             from appliance.stores.peer import PeerStore
 
-            store: BlobStore = PeerStore(config.upstream_reflector, timeout=30.0)
+            store: BlobStore = PeerStore(config.upstream_reflector, timeout=config.upstream_idle_timeout,
+                                         first_byte_timeout=config.upstream_first_byte_timeout)
         elif protocol == "http":
             from appliance.stores.http import HttpStore
 
-            store = HttpStore(config.upstream_reflector, edge_token=config.upstream_edge_token, timeout=30.0)
+            store = HttpStore(config.upstream_reflector, edge_token=config.upstream_edge_token,
+                              timeout=config.upstream_idle_timeout,
+                              first_byte_timeout=config.upstream_first_byte_timeout)
         elif protocol == "http3":
             from appliance.stores.http3 import Http3Store
 
@@ -74,9 +77,10 @@ def build_origin(config: Config) -> Origin:
     elif kind == "endpoint":
         from appliance.stores.cloudfront import ITTT, CloudFrontRO, CloudFrontRW
 
-        store = CloudFrontRO(config.origin_endpoint)
+        timeouts = {"timeout": config.upstream_idle_timeout, "first_byte_timeout": config.upstream_first_byte_timeout}
+        store = CloudFrontRO(config.origin_endpoint, **timeouts)
         if config.origin_endpoint_fallback:
-            store = ITTT(store, CloudFrontRO(config.origin_endpoint_fallback))
+            store = ITTT(store, CloudFrontRO(config.origin_endpoint_fallback, **timeouts))
         if config.bucket_name:
             from appliance.stores.s3 import S3Store
 

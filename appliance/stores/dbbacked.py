@@ -21,7 +21,7 @@ import time
 
 from appliance.db import Database, DatabaseUnavailable
 from appliance.errors import BlobNotFound
-from appliance.stores.base import Blob, BlobStore, Blocklister, NeededBlobsChecker
+from appliance.stores.base import Blob, BlobStore, BlobStream, Blocklister, NeededBlobsChecker
 from appliance.stream import parse_sd_blob
 
 log = logging.getLogger("store")
@@ -62,6 +62,13 @@ class DBBackedStore(BlobStore, NeededBlobsChecker, Blocklister):
         return present
 
     def get(self, hash_: str) -> Blob:
+        return self._read(hash_, self.underlying.get)
+
+    def stream(self, hash_: str) -> BlobStream:
+        return self._read(hash_, self.underlying.stream)
+
+    def _read(self, hash_: str, read):
+        """`read(hash_)` of the underlying store (get or stream) once the database says the blob exists."""
         started = time.monotonic_ns()
         try:
             present = self.db.has_blob(hash_, touch=True)
@@ -73,7 +80,7 @@ class DBBackedStore(BlobStore, NeededBlobsChecker, Blocklister):
         if not present:
             raise BlobNotFound()
         try:
-            blob = self.underlying.get(hash_)
+            blob = read(hash_)
         except BlobNotFound:
             if self.delete_on_miss and not self._db_down:
                 try:

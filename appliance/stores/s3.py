@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 
 import boto3
 from botocore.config import Config
@@ -17,11 +18,12 @@ from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError,
 
 from appliance import metrics
 from appliance.blob import MAX_BLOB_SIZE, blob_hash, check_hash
-from appliance.errors import BlobNotFound, OriginError
-from appliance.stores.base import Blob, BlobStore
+from appliance.errors import BlobNotFound, IdleTimeout, OriginError
+from appliance.stores.base import Blob, BlobStore, BlobStream
 from appliance.trace import Trace
 
 NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
+CHUNK = 128 * 1024
 
 
 class S3Store(BlobStore):
@@ -98,6 +100,33 @@ class S3Store(BlobStore):
             raise OriginError(f"s3 bucket {self.bucket}: object {hash_[:8]} ({len(data)} bytes) does not match "
                               "its hash")
         return Blob(hash_, data=data, trace=Trace.new(self.name, started))
+
+    def stream(self, hash_: str) -> BlobStream:
+        check_hash(hash_)
+        started = time.monotonic_ns()
+        try:
+            response = self.client().get_object(Bucket=self.bucket, Key=hash_)
+        except ClientError as exc:
+            if _code(exc) in NOT_FOUND_CODES:
+                raise BlobNotFound(trace=Trace.new(self.name, started)) from None
+            raise self._error("get", hash_, exc) from None
+        except BotoCoreError as exc:
+            raise self._error("get", hash_, exc) from None
+        body = response["Body"]
+        size = int(response.get("ContentLength") or 0)
+        if not 0 < size <= MAX_BLOB_SIZE:
+            body.close()
+            raise OriginError(f"s3 bucket {self.bucket}: object {hash_[:8]} has {size} bytes: not a blob")
+        return BlobStream(size, self._chunks(body, hash_), Trace.new(self.name, started), body.close)
+
+    def _chunks(self, body, hash_: str) -> Iterator[bytes]:
+        """The body's bytes (botocore checks their count against ContentLength)."""
+        try:
+            yield from body.iter_chunks(CHUNK)
+        except ReadTimeoutError as exc:
+            raise IdleTimeout(f"s3 get {hash_[:8]}: i/o timeout ({exc})") from None
+        except (BotoCoreError, OSError) as exc:
+            raise self._error("get", hash_, exc) from None
 
     def put(self, hash_: str, data: bytes) -> None:
         check_hash(hash_)

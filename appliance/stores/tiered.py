@@ -2,38 +2,43 @@
 
 Read (DESIGN §2): memory cache -> disk caches -> local storage, each a direct file open (no IPC on the
 hot path; hits are reported to the manager in batches, fire-and-forget, with their counts). A miss asks
-the manager `fetch`: it answers `lease` to exactly one worker per cold blob across the appliance (that
-worker fetches from the origin, verifies the SHA-384, `reserve`s its size - the manager evicts to make
-room first, so concurrent misses never push a cache over its size - writes the blob into the disk caches
-atomically and reports `done`), `ready` to the others once the blob is on disk, or `notfound` from its
-negative cache. So there is one origin request per cold blob, and cold traffic still uses every core.
+the manager `fetch`: it answers `lease` to exactly one worker per cold blob across the appliance, `ready`
+to the others once the blob is on disk, or `notfound` from its negative cache. So there is one origin
+request per cold blob, and cold traffic still uses every core. The leaseholder streams the miss through
+(_Relay): it asks the origin for the blob, `reserve`s its announced size (the manager evicts to make room
+first, so concurrent misses never push a cache over its size), and relays the bytes to its client as they
+arrive, hashing them and writing the cache copy alongside (no fsync: the origin keeps the durable copy;
+appliance/cache/crashcheck.py keeps a copy cut short by a power loss from being served). The copy is
+renamed into place, and the client sent its last chunk, only once the SHA-384 matched; then `done`.
 With --mem-cache, whatever a worker serves from a lower tier is kept in its memory tier.
 
 When the manager is unreachable (restarting, or unable to start) the worker keeps serving: hits as
 always, misses fetched directly (single flight within the process only) and not cached.
 
-A cache write that fails never fails the request (issue 15): on ENOSPC the manager is asked to make room
-(`nospace`) and the write is tried once more; then the blob is served without a cache copy. Whatever this
-store stores or fetches is announced on the misses board (appliance.misses), so no process keeps
-answering "not found" for it.
+A cache write that fails never fails the request (issue 15): the copy is dropped, the failure counted, and
+on ENOSPC the manager is asked to make room (`nospace`) before the next copy (an upload's copy is tried once
+more). Whatever this store stores or fetches is announced on the misses board (appliance.misses), so no
+process keeps answering "not found" for it.
 
-Write (uploads): origin first (local storage, S3 and/or MySQL), then written through to the disk caches
-and reported to the manager (`added`), so the receipt is sent only after the blob is durable.
+Write (uploads): origin first (local storage, S3 and/or MySQL), so the receipt is sent only after the blob
+is durable; then copied into the disk caches that the manager made room in first (`admit`).
 """
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 
 from appliance import ipc, metrics, misses
-from appliance.blob import blob_hash, check_hash
-from appliance.errors import BlobNotFound, OriginError
-from appliance.stores.base import Blob, BlobStore
-from appliance.stores.disk import DiskStore
+from appliance.blob import check_hash
+from appliance.errors import BlobNotFound, FirstByteTimeout, HashMismatch, IdleTimeout, OriginError
+from appliance.stores.base import Blob, BlobStore, BlobStream, StreamedBlob
+from appliance.stores.disk import BlobWriter, DiskStore
 from appliance.stores.singleflight import SingleFlightStore
 
 log = logging.getLogger("store")
@@ -97,8 +102,9 @@ class CacheManagerClient:
         """Disk cache number `cache` is full for a write of `size` bytes: True when room was made."""
         return bool(self.ipc.call("nospace", [cache, size]))
 
-    def added(self, hash_: str, size: int) -> None:
-        self.ipc.notify("added", [hash_, size])
+    def admit(self, hash_: str, size: int) -> list[bool]:
+        """Make room for an upload before it is written through; per disk cache, whether to write it there."""
+        return self.ipc.call("admit", [hash_, size])
 
     def accessed(self, hash_: str) -> None:
         with self._lock:
@@ -135,10 +141,10 @@ class TieredStore(BlobStore):
         self.direct = SingleFlightStore(origin, component)  # misses when the manager cannot coordinate
         # A "not found" from local storage as the origin costs a stat and is the truth: servers do not remember it.
         self.misses_worth_remembering = not (local is not None and origin is local)
+        self._unavailable_logged = 0.0
         self._hits = [metrics.CACHE_HIT_TOTAL.labels(cache_type=c.name, component=component) for c in self.caches]
         self._misses = [metrics.CACHE_MISS_TOTAL.labels(cache_type=c.name, component=component) for c in self.caches]
         self._hit_speed = metrics.SPEED_MBPS.labels(cache_type="disk", component=component, source="cache")
-        self._unavailable_logged = 0.0
 
     # -- reads --------------------------------------------------------------------------------------
     def _local_get(self, hash_: str) -> Blob | None:
@@ -205,69 +211,53 @@ class TieredStore(BlobStore):
         return self._fetched(self.direct.get(hash_))
 
     def _fetch_with_lease(self, hash_: str) -> Blob:
+        """Hold the lease: relay the origin's bytes to the caller as they arrive (see _Relay)."""
         try:
-            with self.origin.get(hash_) as fetched:
-                data = fetched.data
-                trace = fetched.trace
+            stream = self.origin.stream(hash_)
         except BlobNotFound:
             self._report(self.manager.failed, hash_, "notfound")
             raise
         except Exception as exc:
+            count_origin_failure(exc)
             self._report(self.manager.failed, hash_, "error", str(exc))
+            if isinstance(exc, OriginError):
+                raise
             raise OriginError(str(exc)) from exc
-        if blob_hash(data) != hash_:
-            self._report(self.manager.failed, hash_, "error", "origin sent data that does not match its hash")
-            raise OriginError(f"origin sent data for {hash_[:8]} that does not match its hash")
         try:
-            room = self.manager.reserve(hash_, len(data))
-        except (ipc.IpcError, TimeoutError) as exc:  # no room was made: serve it without caching it
+            room = self.manager.reserve(hash_, stream.size)
+        except (ipc.IpcError, TimeoutError) as exc:  # no room was made: relay it without caching it
             log.warning("cache manager did not reserve room for %s: %s", hash_[:8], exc)
-            self._report(self.manager.failed, hash_, "error", f"no room reserved: {exc}")
-            return self._remember(Blob(hash_, data=data, trace=trace))
-        misses.stored(hash_)
-        written = [self._put_copy(i, hash_, data) for i, keep in enumerate(room) if keep]
-        if not all(written):  # a full or broken cache disk: serve from memory, keep the manager honest
-            self._report(self.manager.failed, hash_, "error", "cache write failed")
-            return Blob(hash_, data=data, trace=trace)
-        self._report(self.manager.done, hash_, len(data))
-        return self._remember(Blob(hash_, data=data, trace=trace))
-
-    def _put_copy(self, i: int, hash_: str, data: bytes) -> bool:
-        """Write a cache copy into disk cache `i`; on ENOSPC ask the manager for room and try once more.
-
-        False: no copy (logged and counted); the caller still serves or has stored the blob.
-        """
-        cache = self.caches[i]
-        for attempt in (1, 2):
-            try:
-                off_hub(cache.put, hash_, data)
-                return True
-            except OSError as exc:
-                full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                if full and attempt == 1 and self._room_made(i, len(data)):
-                    continue
-                metrics.CACHE_WRITE_FAILURES_TOTAL.labels(reason="nospace" if full else "error").inc()
-                log.error("cannot write %s into the disk cache %s: %s", hash_[:8], cache.root,
-                          exc.strerror or exc)
-                return False
-        return False
-
-    def _room_made(self, i: int, size: int) -> bool:
-        if self.manager is None:
-            return False
-        try:
-            return self.manager.nospace(i, size)
-        except (ipc.IpcError, TimeoutError) as exc:
-            log.warning("cache manager did not make room: %s", exc)
-            return False
+            room = [False] * len(self.caches)
+        writers = {}
+        for i, (cache, keep) in enumerate(zip(self.caches, room, strict=True)):
+            if keep:
+                try:
+                    writers[i] = cache.writer(hash_, durable=False, verify=False)  # _Relay hashes once
+                except OSError as exc:
+                    self._cache_write_failed(i, exc)
+        relay = _Relay(self, hash_, stream, writers)
+        return StreamedBlob(hash_, stream.size, relay.chunks(), stream.trace, relay.close)
 
     def _fetched(self, blob: Blob) -> Blob:
         """A blob fetched from the origin outside a lease: it exists, so no process may remember it as missing."""
         misses.stored(blob.hash)
         return self._remember(blob)
 
+    def _cache_write_failed(self, cache_index: int, exc: OSError) -> bool:
+        """Count and log a failed cache copy; on a full disk ask the manager for room. True: room was made."""
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        metrics.CACHE_WRITE_FAILURES_TOTAL.labels(reason="nospace" if full else "error").inc()
+        log.error("cannot write into the disk cache %s: %s", self.caches[cache_index].root, exc.strerror or exc)
+        if not full or self.manager is None:
+            return False
+        try:
+            return self.manager.nospace(cache_index, 2 * 1024 * 1024)
+        except (ipc.IpcError, TimeoutError) as exc2:
+            log.warning("cache manager did not make room: %s", exc2)
+            return False
+
     def _remember(self, blob: Blob) -> Blob:
-        if self.mem is not None and blob.size:
+        if self.mem is not None and blob.size and not isinstance(blob, StreamedBlob):
             try:
                 self.mem.put(blob.hash, blob.data)
             except Exception as exc:
@@ -311,19 +301,25 @@ class TieredStore(BlobStore):
             self.on_stored(hash_, True)
 
     def _write_through(self, hash_: str, data: bytes) -> None:
-        """Copy an upload into the disk caches (the origin has it: a failed copy only costs a later miss)."""
+        """Copy an upload (durable at the origin already) into the disk caches, room reserved first."""
         if not self.caches:
             return
-        written = [self._put_copy(i, hash_, data) for i in range(len(self.caches))]
-        if self.manager is None:
-            return
-        try:
-            self.manager.added(hash_, len(data))  # the manager indexes the copies that exist
-        except ipc.IpcUnavailable:
-            # Nothing would evict an unindexed copy while the manager is away (or cannot start): drop them.
-            for cache, ok in zip(self.caches, written, strict=True):
-                if ok:
-                    cache.delete(hash_)
+        room = [True] * len(self.caches)
+        if self.manager is not None:
+            try:
+                room = self.manager.admit(hash_, len(data))
+            except (ipc.IpcError, TimeoutError) as exc:  # no room was made: the cache does without this copy
+                log.warning("cache manager did not make room for upload %s: %s", hash_[:8], exc)
+                return
+        for i, (cache, keep) in enumerate(zip(self.caches, room, strict=True)):
+            for _attempt in (1, 2):
+                if not keep:
+                    break
+                try:
+                    off_hub(_copy_into, cache, hash_, data)
+                    break
+                except OSError as exc:  # the origin has it; the cache is only a copy
+                    keep = _attempt == 1 and self._cache_write_failed(i, exc)
 
     def delete(self, hash_: str) -> None:
         self.origin.delete(hash_)
@@ -332,3 +328,132 @@ class TieredStore(BlobStore):
 
     def shutdown(self) -> None:
         self.origin.shutdown()
+
+
+def _copy_into(cache: DiskStore, hash_: str, data: bytes) -> None:
+    """A cache copy: renamed into place whole, not fsynced (appliance/cache/crashcheck.py covers a crash)."""
+    with cache.writer(hash_, durable=False, verify=False) as writer:
+        writer.write(data)
+        writer.commit()
+
+
+class _Relay:
+    """A leased miss in flight: origin bytes -> the client, hashed as they pass, copied into the caches.
+
+    The chunk that completes the announced size is handed out only after the SHA-384 matched and the
+    cache copies were renamed into place, so a bad blob never reaches a client whole, and never a cache.
+    `close` (always called: the Blob is a context manager) reports the outcome to the cache manager; a
+    client that went away mid-blob does not cost the waiters a second origin fetch: the rest is read
+    into the cache first.
+    """
+
+    def __init__(self, tiered: TieredStore, hash_: str, stream: BlobStream, writers: dict[int, BlobWriter]):
+        self.tiered, self.hash, self.stream, self.writers = tiered, hash_, stream, writers
+        self.source = iter(stream)
+        self.sha = hashlib.sha384()
+        self.received = 0
+        self.kept: list[bytes] | None = [] if tiered.mem is not None else None  # for the memory tier
+        self.state = "running"  # -> "complete" | "failed", then "reported"
+
+    def chunks(self) -> Iterator[bytes]:
+        while self.received < self.stream.size:
+            yield self._step()
+
+    def _step(self) -> bytes:
+        try:
+            chunk = next(self.source, b"")
+            if not chunk:
+                raise OriginError(f"origin ended {self.hash[:8]} after {self.received} of {self.stream.size} bytes")
+            self.received += len(chunk)
+            if self.received > self.stream.size:
+                raise OriginError(f"origin sent more than the {self.stream.size} bytes it announced for "
+                                  f"{self.hash[:8]}")
+            self.sha.update(chunk)
+            self._write(chunk)
+            if self.kept is not None:
+                self.kept.append(chunk)
+            if self.received == self.stream.size:
+                if next(self.source, None) is not None:  # also lets the store finish (its connection is reused)
+                    raise OriginError(f"origin sent more than the {self.stream.size} bytes it announced for "
+                                      f"{self.hash[:8]}")
+                if self.sha.hexdigest() != self.hash:
+                    raise HashMismatch(f"origin sent {self.received} bytes for {self.hash[:8]} that do not match "
+                                       "its hash")
+                self._commit()
+                self.state = "complete"
+                misses.stored(self.hash)
+                if self.kept is not None:
+                    self.tiered._remember(Blob(self.hash, data=b"".join(self.kept), trace=self.stream.trace))
+                    self.kept = None
+            return chunk
+        except Exception as exc:
+            self._fail(exc)
+            raise
+
+    def _write(self, chunk: bytes) -> None:
+        for i, writer in list(self.writers.items()):
+            try:
+                writer.write(chunk)
+            except OSError as exc:  # a full or broken cache disk: the client still gets its blob, uncached
+                self._drop(i, writer, exc)
+
+    def _commit(self) -> None:
+        for i, writer in list(self.writers.items()):
+            try:
+                writer.commit()
+            except OSError as exc:
+                self._drop(i, writer, exc)
+
+    def _drop(self, i: int, writer: BlobWriter, exc: OSError) -> None:
+        # A copy cut short cannot be resumed (part of the chunk may be in the file): drop it, make room for
+        # the next one.
+        writer.abort()
+        del self.writers[i]
+        self.tiered._cache_write_failed(i, exc)
+
+    def _fail(self, exc: Exception) -> None:
+        if self.state != "running":
+            return
+        self.state = "failed"
+        for writer in self.writers.values():
+            writer.abort()
+        self.stream.close()
+        count_origin_failure(exc)
+        log.warning("miss of %s failed after %d of %d bytes: %s", self.hash[:8], self.received, self.stream.size,
+                    exc)
+        manager = self.tiered.manager
+        self.tiered._report(manager.failed, self.hash, "error", str(exc))
+        self.state = "reported"
+
+    def close(self) -> None:
+        """Report the outcome; a relay its client left unfinished is completed into the cache first."""
+        if self.state == "running" and self.writers:
+            try:
+                while self.state == "running":
+                    self._step()
+            except Exception:
+                return  # _step reported the failure
+        manager = self.tiered.manager
+        if self.state == "complete" and self.writers:
+            self.state = "reported"
+            self.stream.close()
+            self.tiered._report(manager.done, self.hash, self.stream.size)
+        elif self.state in ("running", "complete"):  # nothing was cached: a waiter takes the lease over
+            self.state = "reported"
+            for writer in self.writers.values():
+                writer.abort()
+            self.stream.close()
+            self.tiered._report(manager.failed, self.hash, "retry", "")
+
+
+def count_origin_failure(exc: BaseException) -> None:
+    """Count a failed origin fetch by reason (a not-found answer is no failure)."""
+    if isinstance(exc, HashMismatch):
+        reason = "hash_mismatch"
+    elif isinstance(exc, FirstByteTimeout):
+        reason = "first_byte_timeout"
+    elif isinstance(exc, IdleTimeout):
+        reason = "idle_timeout"
+    else:
+        reason = "error"
+    metrics.ORIGIN_FAILURES_TOTAL.labels(reason=reason).inc()

@@ -1,0 +1,207 @@
+"""scripts/bench miss: cache misses of one caching node against nginx `proxy_cache` (issue 13).
+
+One origin, A (`prism reflector` on local storage), in front of it two caching nodes on 127.0.0.1:
+  ours   `prism reflector --workers 2` with a disk cache, upstream A over --upstream-protocol (http or tcp)
+  nginx  2 workers, `proxy_cache` with `proxy_cache_lock on` and key = the blob hash, upstream A over HTTP
+Each run writes fresh 2 MiB blobs into A's storage (one set per side) and measures, with the same client
+(threads on keep-alive connections, every body checked by SHA-384, each blob asked once):
+  cold   blobs neither cache holds: each is fetched from A while it is relayed to the client
+  hits   the same blobs again (each asked HIT_REPEAT times, so the measurement is long enough)
+The two sides alternate (which goes first swaps every run); medians of --runs runs and ratios ours/nginx.
+Also the CPU time each side's processes spend per cold miss (utime + stime of its process group): on a busy
+machine throughput follows it, and unlike MB/s it does not depend on what else the machine is doing.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench import free_port, wait_port  # noqa: E402  (scripts/bench.d is this script's directory)
+from cache import BLOB_SIZE, write_blobs  # noqa: E402
+from scaling import Appliance  # noqa: E402
+
+HIT_REPEAT = 3
+
+NGINX_PROXY_CACHE = """
+worker_processes 2;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log;
+events {{ worker_connections 1024; }}
+http {{
+    sendfile on; tcp_nopush on; tcp_nodelay on;
+    keepalive_requests 1000000; keepalive_timeout 65;
+    access_log off;
+    client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fcgi;
+    uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+    proxy_cache_path {tmp}/c levels=1:2 keys_zone=blobs:10m max_size=20g inactive=1d use_temp_path=off;
+    upstream origin {{ server 127.0.0.1:{origin}; keepalive 32; }}
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        location = /blob {{
+            proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";
+            proxy_cache blobs; proxy_cache_key $arg_hash; proxy_cache_valid 200 1d; proxy_cache_lock on;
+        }}
+    }}
+}}
+"""
+
+
+def group_cpu(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of one process group."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class NginxProxyCache:
+    def __init__(self, directory: Path, origin_port: int):
+        directory.mkdir(parents=True)
+        directory.chmod(0o777)  # nginx's workers (nobody) write the cache here
+        self.port = free_port()
+        conf = directory / "nginx.conf"
+        conf.write_text(NGINX_PROXY_CACHE.format(tmp=directory, port=self.port, origin=origin_port))
+        self.proc = subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"], stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGQUIT)
+        self.proc.wait(timeout=10)
+
+
+def load(port: int, hashes: list[str], clients: int) -> float:
+    """GET every hash once over `clients` keep-alive connections, each body checked; MB/s received."""
+    todo = iter(hashes)
+    lock = threading.Lock()
+    errors: list[str] = []
+    received = [0] * clients
+
+    def run(i: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        buf = bytearray(BLOB_SIZE + 65536)
+        view = memoryview(buf)
+        try:
+            while True:
+                with lock:
+                    hash_ = next(todo, None)
+                if hash_ is None or errors:
+                    return
+                conn.request("GET", f"/blob?hash={hash_}")
+                response = conn.getresponse()
+                n = 0
+                while chunk := response.readinto(view[n:]):
+                    n += chunk
+                if response.status != 200 or hashlib.sha384(view[:n]).hexdigest() != hash_:
+                    errors.append(f"HTTP {response.status}, {n} bytes for {hash_[:8]}, not the blob")
+                received[i] += n
+        except (OSError, http.client.HTTPException) as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    if errors:
+        raise SystemExit(f"bench: {len(errors)} failed request(s), e.g. {errors[0]}")
+    return sum(received) / elapsed / 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench miss", description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--blobs", type=int, default=60, help="2 MiB blobs per measurement and run")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent client connections")
+    parser.add_argument("--upstream-protocol", choices=("http", "tcp"), default="http",
+                        help="how our node reaches the origin (nginx always uses HTTP)")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="prism-bench-miss-"))
+    tmp.chmod(0o755)
+    apps: list[Appliance] = []
+    nginx = None
+    try:
+        origin = Appliance(tmp / "A", 1, wait=False)
+        apps.append(origin)
+        upstream_port = origin.http_port if args.upstream_protocol == "http" else origin.peer_port
+        ours = Appliance(tmp / "B", 2, "--upstream-reflector", f"127.0.0.1:{upstream_port}",
+                         "--upstream-protocol", args.upstream_protocol,
+                         "--disk-cache", f"100GB:{tmp / 'B-cache'}:lru", wait=False)
+        apps.append(ours)
+        for app in apps:
+            app.wait_ready()
+        nginx = NginxProxyCache(tmp / "nginx", origin.http_port)
+        storage = tmp / "A" / "data" / "blobs"
+        print(f"bench: ours :{ours.http_port} and nginx proxy_cache :{nginx.port} in front of A "
+              f"(ours over {args.upstream_protocol}, nginx over http); {args.runs} runs of {args.blobs} x 2 MiB, "
+              f"{args.clients} clients, bodies checked", flush=True)
+        sides = {"ours": ours.http_port, "nginx": nginx.port}
+        groups = {"ours": ours.proc.pid, "nginx": nginx.proc.pid}  # both lead their own process group
+        figures: dict[str, list[float]] = {f"{kind} {side}": [] for kind in ("cold", "hits", "cpu") for side in sides}
+        for run in range(args.runs):
+            order = list(sides) if run % 2 == 0 else list(reversed(sides))
+            fresh = {side: write_blobs(storage, args.blobs) for side in order}
+            line = []
+            for kind in ("cold", "hits"):
+                for side in order:
+                    hashes = fresh[side] if kind == "cold" else fresh[side] * HIT_REPEAT
+                    cpu = group_cpu(groups[side])
+                    value = load(sides[side], hashes, args.clients)
+                    if kind == "cold":
+                        figures[f"cpu {side}"].append((group_cpu(groups[side]) - cpu) / len(hashes) * 1000)
+                    figures[f"{kind} {side}"].append(value)
+                    line.append(f"{kind} {side} {value:.0f}")
+            print(f"  run {run + 1}: " + ", ".join(line) + " MB/s", flush=True)
+        medians = {name: statistics.median(values) for name, values in figures.items()}
+        report = {}
+        for kind in ("cold", "hits"):
+            ratio = statistics.median(o / n for o, n in zip(figures[f"{kind} ours"], figures[f"{kind} nginx"],
+                                                            strict=True))
+            report[kind] = ratio
+            print(f"{kind:<5} ours {medians[f'{kind} ours']:7.1f} MB/s   nginx proxy_cache "
+                  f"{medians[f'{kind} nginx']:7.1f} MB/s   ours/nginx {ratio:.2f} (median of per-run ratios; "
+                  f"goal >= 1.0: {'met' if ratio >= 1.0 else 'NOT met'})", flush=True)
+        print(f"CPU per cold miss: ours {medians['cpu ours']:.1f} ms, nginx {medians['cpu nginx']:.1f} ms "
+              f"(each side's whole process group)", flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"protocol": args.upstream_protocol, "runs": figures,
+                                                   "medians": medians, "ratios": report}, indent=1))
+    finally:
+        if nginx is not None:
+            nginx.stop()
+        for app in reversed(apps):
+            app.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
