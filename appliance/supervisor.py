@@ -528,9 +528,10 @@ class Supervisor:
                 child.ready = True
                 self.boot_failures[child.role] = 0
                 log.info("%s (pid %d) is ready", child.name, child.pid)
-                if self.role_down.pop(child.role, None) is not None:
+                if child.role in self.role_down:
+                    metrics.CACHE_DEGRADED.labels(reason="manager").set(0)  # before status stops saying so
+                    del self.role_down[child.role]
                     log.info("%s is back", child.name)
-                    metrics.CACHE_DEGRADED.labels(reason="manager").set(0)
             if record["state"] == "failed":
                 continue  # it is exiting with a boot error
             age = now - record["heartbeat"]
