@@ -234,7 +234,7 @@ class TieredStore(BlobStore):
                 try:
                     writers[i] = cache.writer(hash_, durable=False, verify=False)  # _Relay hashes once
                 except OSError as exc:
-                    self._cache_write_failed(i, exc)
+                    self._copy_failed(i, exc)
         relay = _Relay(self, hash_, stream, writers)
         return StreamedBlob(hash_, stream.size, relay.chunks(), stream.trace, relay.close)
 
@@ -243,18 +243,21 @@ class TieredStore(BlobStore):
         misses.stored(blob.hash)
         return self._remember(blob)
 
-    def _cache_write_failed(self, cache_index: int, exc: OSError) -> bool:
-        """Count and log a failed cache copy; on a full disk ask the manager for room. True: room was made."""
+    def _room_made(self, cache_index: int, exc: OSError, size: int) -> bool:
+        """On a full cache disk, ask the manager to make room for `size` bytes; True when it did."""
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or self.manager is None:
+            return False
+        try:
+            return self.manager.nospace(cache_index, size)
+        except (ipc.IpcError, TimeoutError) as failure:
+            log.warning("cache manager did not make room: %s", failure)
+            return False
+
+    def _copy_failed(self, cache_index: int, exc: OSError) -> None:
+        """Count and log a cache copy given up on (the blob is served or stored all the same)."""
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         metrics.CACHE_WRITE_FAILURES_TOTAL.labels(reason="nospace" if full else "error").inc()
         log.error("cannot write into the disk cache %s: %s", self.caches[cache_index].root, exc.strerror or exc)
-        if not full or self.manager is None:
-            return False
-        try:
-            return self.manager.nospace(cache_index, 2 * 1024 * 1024)
-        except (ipc.IpcError, TimeoutError) as exc2:
-            log.warning("cache manager did not make room: %s", exc2)
-            return False
 
     def _remember(self, blob: Blob) -> Blob:
         if self.mem is not None and blob.size and not isinstance(blob, StreamedBlob):
@@ -319,7 +322,9 @@ class TieredStore(BlobStore):
                     off_hub(_copy_into, cache, hash_, data)
                     break
                 except OSError as exc:  # the origin has it; the cache is only a copy
-                    keep = _attempt == 1 and self._cache_write_failed(i, exc)
+                    keep = _attempt == 1 and self._room_made(i, exc, len(data))
+                    if not keep:
+                        self._copy_failed(i, exc)
 
     def delete(self, hash_: str) -> None:
         self.origin.delete(hash_)
@@ -409,7 +414,8 @@ class _Relay:
         # the next one.
         writer.abort()
         del self.writers[i]
-        self.tiered._cache_write_failed(i, exc)
+        self.tiered._copy_failed(i, exc)
+        self.tiered._room_made(i, exc, self.stream.size)
 
     def _fail(self, exc: Exception) -> None:
         if self.state != "running":
