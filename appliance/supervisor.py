@@ -32,6 +32,7 @@ from appliance import __version__, ipc, logs, metrics
 from appliance.config import Config
 from appliance.scoreboard import Scoreboard
 from appliance.sdnotify import Notifier
+from appliance.servers.listening import pause_listener, resume_listener
 
 log = logging.getLogger("supervisor")
 
@@ -112,6 +113,8 @@ class Supervisor:
         self.notifier = Notifier()
         self.stopping: str | None = None  # None, "graceful" or "fast"
         self.stop_deadline = 0.0
+        self.draining_since: float | None = None  # monotonic time `drain` (or a graceful stop) began
+        self.stop_at: float | None = None  # a graceful stop waiting for the drain period to end
         self.exit_code = 0
         self.fatal: str | None = None
         self.ready_sent = False
@@ -259,6 +262,14 @@ class Supervisor:
         if method in ("reload", "stop", "reopen-logs"):
             self.events.put(("command", method, params))
             return "ok"
+        if method in ("drain", "undrain"):
+            if method == "undrain" and (self.stopping or self.stop_at is not None):
+                raise ValueError("the appliance is stopping; it cannot be undrained")
+            done = threading.Event()  # answer once the flag is set: /health fails when `drain` returns
+            self.events.put(("command", method, done))
+            if not done.wait(10):
+                raise TimeoutError(f"{method}: the supervisor did not act within 10s")
+            return "draining" if method == "drain" else "undrained"
         if method == "workers":
             delta = int(params)
             if delta not in (1, -1):
@@ -298,7 +309,9 @@ class Supervisor:
             ports["dht"] = self.config.dht_port
         return {
             "version": __version__, "pid": os.getpid(), "started": self.started,
-            "state": self.stopping or ("reloading" if self.reloading else ("ready" if self.ready_sent else "starting")),
+            "state": self.stopping or ("draining" if self.draining_since is not None else ("reloading" if self.reloading
+                                       else ("ready" if self.ready_sent else "starting"))),
+            "draining": self.draining_since is not None,
             "workers": self.target_workers, "processes": processes, "cache": cache, "dht": dht, "ports": ports,
             "config": {"path": self.config.path, "values": self.config.public()},
         }
@@ -507,6 +520,9 @@ class Supervisor:
             self.begin_stop(graceful=False)
         elif what == "reload":
             self.reload()
+        elif what in ("drain", "undrain"):
+            self.drain() if what == "drain" else self.undrain()
+            params.set()
         elif what == "reopen-logs":
             logs.reopen()
             for child in self.children.values():
@@ -521,8 +537,36 @@ class Supervisor:
                 self.target_workers += delta
                 log.info("workers: %d", self.target_workers)
 
+    def drain(self) -> None:
+        """/health answers 503 and the TCP ports refuse new connections; everything established is served.
+
+        Workers see the flag within DRAIN_POLL and pause their own slot's TCP sockets; the sockets of a slot
+        with no worker right now are paused here (a respawned worker reads the flag at boot)."""
+        if self.draining_since is not None:
+            return
+        self.draining_since = time.monotonic()
+        self.scoreboard.draining = True
+        manned = {c.index for c in self.children.values() if c.role == "worker"}
+        for index, sockets in self.worker_sockets.items():
+            if index not in manned:
+                for service, sock in sockets.items():
+                    if service != "http":
+                        pause_listener(sock)
+        log.info("draining: /health answers 503, the TCP ports refuse new connections")
+
+    def undrain(self) -> None:
+        if self.draining_since is None or self.stopping or self.stop_at is not None:
+            return
+        for sockets in self.worker_sockets.values():  # listening again before the workers accept again
+            for service, sock in sockets.items():
+                if service != "http":
+                    resume_listener(sock)
+        self.draining_since = None
+        self.scoreboard.draining = False
+        log.info("undrained: serving normally")
+
     def reload(self) -> None:
-        if self.stopping or self.reloading:
+        if self.stopping or self.reloading or self.stop_at is not None:
             return
         self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         if self.reload_config is not None:
@@ -568,6 +612,16 @@ class Supervisor:
     def begin_stop(self, graceful: bool) -> None:
         if self.stopping == "fast" or (self.stopping == "graceful" and graceful):
             return
+        if graceful and self.config.drain_seconds > 0:
+            self.drain()  # a balancer moves traffic away before anything is refused
+            stop_at = self.draining_since + self.config.drain_seconds
+            if time.monotonic() < stop_at:
+                if self.stop_at is None:
+                    self.stop_at = stop_at
+                    self.notifier.notify("STOPPING=1")
+                    log.info("graceful stop: draining for %.1fs first", stop_at - time.monotonic())
+                return
+        self.stop_at = None
         self.stopping = "graceful" if graceful else "fast"
         self.notifier.notify("STOPPING=1")
         log.info("%s stop: %d children", "graceful" if graceful else "fast", len(self.children))
@@ -610,6 +664,8 @@ class Supervisor:
                     event = self.events.get_nowait()
                 except queue.Empty:
                     event = None
+            if self.stop_at is not None and time.monotonic() >= self.stop_at:
+                self.begin_stop(graceful=True)  # the drain period is over
             self.reap()
             if self.stopping:
                 if not self.children:

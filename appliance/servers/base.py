@@ -19,6 +19,7 @@ from gevent.event import Event
 from gevent.server import StreamServer
 
 from appliance import metrics
+from appliance.servers.listening import pause_listener, resume_listener
 
 log = logging.getLogger("server")
 
@@ -92,6 +93,20 @@ class GeventServer:
         self.stopping = True
         if self._server is not None:
             self._server.stop_accepting()
+
+    def pause(self) -> None:
+        """Drain: refuse new connections at the kernel (a balancer's TCP check fails) while the established
+        ones go on. The listening socket leaves the LISTEN state (shutdown; no accept error can follow since
+        we stopped accepting first); `resume()` puts it back. Connections still in the accept queue at that
+        instant are reset: the window is the few microseconds between the two calls."""
+        if self._server is not None:
+            self._server.stop_accepting()
+        pause_listener(self.listener)
+
+    def resume(self) -> None:
+        """Undrain: listen again (a no-op for a socket that is listening) and accept."""
+        resume_listener(self.listener)
+        self.start()
 
     @property
     def fresh(self) -> int:
