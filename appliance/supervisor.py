@@ -696,10 +696,21 @@ class Supervisor:
             self.notifier.notify(f"STATUS={line}")
         for role in self.roles():
             metrics.PROCESSES.labels(role=role).set(self._count(role))
+        self._export_heartbeats()
         interval = self.notifier.watchdog_interval
         if interval and time.monotonic() - self.last_watchdog >= interval and self.heartbeats_fresh():
             self.last_watchdog = time.monotonic()
             self.notifier.notify("WATCHDOG=1")
+
+    def _export_heartbeats(self) -> None:
+        """appliance_heartbeat_age_seconds: the oldest heartbeat per role (the "stalled child" alert)."""
+        now, ages = time.monotonic(), dict.fromkeys(self.roles(), 0.0)
+        for child in self.children.values():
+            record = self.scoreboard.read(child.slot)
+            if record["pid"] == child.pid and record["heartbeat"]:
+                ages[child.role] = max(ages.get(child.role, 0.0), now - record["heartbeat"])
+        for role, age in ages.items():
+            metrics.HEARTBEAT_AGE.labels(role=role).set(round(age, 3))
 
     def shutdown(self) -> None:
         for server in (self.control_server, self.metrics_server):

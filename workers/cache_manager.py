@@ -96,12 +96,24 @@ class Layer:
         stats.update(path=self.root, manager=self.spec.manager)
         return stats
 
+    def export(self, stats: dict) -> None:
+        """The gauges the dashboard and the "disk cache near full" alert read."""
+        metrics.CACHE_USED_BYTES.labels(path=self.root).set(int(stats.get("used_bytes", 0)))
+        metrics.CACHE_CAPACITY_BYTES.labels(path=self.root).set(int(stats.get("capacity", 0)))
+        metrics.CACHE_BLOBS.labels(path=self.root).set(int(stats.get("blobs", 0)))
+        try:
+            fs = os.statvfs(self.root)
+        except OSError:
+            return
+        metrics.CACHE_FS_FREE_BYTES.labels(path=self.root).set(fs.f_bavail * fs.f_frsize)
+
 
 class Flight:
-    __slots__ = ("holder", "done", "outcome", "waiters")
+    __slots__ = ("holder", "done", "outcome", "waiters", "started")
 
     def __init__(self, holder: int):
         self.holder = holder
+        self.started = time.monotonic()
         self.done = Event()
         self.outcome = ""
         self.waiters = 0
@@ -151,6 +163,10 @@ class CacheManager:
             return
         del self.flights[hash_]
         self.in_flight.dec()
+        kind = {"ready": "ok", "notfound": "notfound", "retry": "abandoned"}.get(outcome, "error")
+        metrics.ORIGIN_FETCHES_TOTAL.labels(outcome=kind).inc()
+        if kind == "ok":
+            metrics.ORIGIN_FETCH_SECONDS.observe(time.monotonic() - flight.started)
         for layer in self.layers:
             layer.index.unpin(hash_)
             if outcome != "ready":
@@ -266,8 +282,10 @@ def main(ctx: ChildContext) -> int:
     log.info("managing %s", ", ".join(f"{s.path} ({s.manager}, {s.size_bytes} bytes)" for s in specs) or
              "no disk cache")
     while not stop.is_set():
-        ctx.post(READY, {"cache": manager.status(), "requests": manager.misses + manager.hits})
-        for layer in layers:
+        status = manager.status()
+        ctx.post(READY, {"cache": status, "requests": manager.misses + manager.hits})
+        for layer, stats in zip(layers, status["layers"], strict=True):
+            layer.export(stats)
             layer.index.flush()
         if not ctx.parent_alive():
             break

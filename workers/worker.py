@@ -15,7 +15,7 @@ import time
 import gevent
 from gevent.event import Event
 
-from appliance import ipc, logs
+from appliance import ipc, logs, metrics
 from appliance.scoreboard import READY, STOPPING
 from appliance.stores.compose import CompositionError, build_origin, disk_cache_specs
 from appliance.stores.disk import DiskStore
@@ -116,6 +116,7 @@ def follow_drain(scoreboard, servers: list) -> None:
                     server.pause()
                 else:
                     server.resume()
+            metrics.DRAINING.set(1 if draining else 0)
             if paused is not None:
                 log.info("%s", "draining: TCP ports refuse new connections" if draining else "undrained")
             paused = draining

@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.verb == "workers":
             client.call("workers", int(args.delta))
             print(f"workers {args.delta}")
+        elif args.verb in ("drain", "undrain"):
+            print(client.call(args.verb))  # answered once in effect
         else:
             client.call(args.verb)
             print(f"{args.verb}: requested")
