@@ -187,6 +187,12 @@ class Supervisor:
             else:
                 os.unlink(path)
         metrics.enable_multiprocess(directory)
+        # Export the crash counters at 0 from the start: Prometheus's increase() misses a series' first sample,
+        # so a counter that first appears at 1 would never fire the respawn-loop or stalled-child alerts.
+        for role in ROLES_ORDER:
+            metrics.RESTARTS_TOTAL.labels(role=role)
+            for cause in ("signal", "exit", "heartbeat"):
+                metrics.CRASHES_TOTAL.labels(role=role, cause=cause)
 
     def _open_worker_sockets(self, index: int) -> None:
         sockets = {}
