@@ -100,3 +100,55 @@ def test_graceful_stop_drains_first_and_serves_meanwhile(appliance, tmp_path):
     assert result.returncode == 1 and "stopping" in result.stderr
     assert app.wait_exit(30) == 0
     assert "draining for" in app.log()
+
+
+PAUSE_SCRIPT = r"""
+from gevent import monkey
+monkey.patch_all()
+import json, socket
+import gevent
+from appliance.servers.http import HttpServer
+from appliance.servers.standalone import listen
+from appliance.stores.memory import MemoryStore
+
+probe = listen("127.0.0.1", 0)
+port = probe.getsockname()[1]
+probe.close()
+# An explicit port, as the appliance binds: a socket bound to port 0 loses its port when it stops listening.
+listener = listen("127.0.0.1", port)
+server = HttpServer(listener, MemoryStore())
+# Handshakes the kernel completed but nobody accepted yet: the accept queue.
+queued = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
+server.start()
+server.pause()  # before the hub ran the accept loop: all five are still queued
+answers = []
+for sock in queued:
+    sock.sendall(b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n")
+    try:
+        answers.append(sock.recv(100).split(b" ")[1].decode())
+    except OSError as exc:
+        answers.append(type(exc).__name__)
+try:
+    socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    refused = False
+except ConnectionRefusedError:
+    refused = True
+server.resume()
+again = socket.create_connection(("127.0.0.1", port), timeout=2)
+again.sendall(b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n")
+print(json.dumps({"answers": answers, "refused": refused, "resumed": again.recv(100).split(b" ")[1].decode()}))
+"""
+
+
+def test_pause_serves_the_accept_queue_refuses_new_connections_and_resume_accepts_again():
+    import json
+    import subprocess
+    import sys
+
+    from tests.appliance_process import REPO, child_env
+
+    out = subprocess.run([sys.executable, "-c", PAUSE_SCRIPT], capture_output=True, text=True, timeout=60,
+                         cwd=REPO, env=child_env())
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result == {"answers": ["200"] * 5, "refused": True, "resumed": "200"}
