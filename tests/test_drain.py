@@ -11,6 +11,7 @@ import socket
 from tests.appliance_process import (
     appliance_fixture,  # noqa: F401  (the `appliance` fixture)
     http_get,
+    peer_get,
     poll,
     write_blobs,
 )
@@ -68,19 +69,19 @@ def test_drain_and_undrain(appliance, tmp_path):
         assert established.get_blob(hash_) == blobs[hash_]  # an established connection goes on
         assert app.status()["state"] == "draining"
 
-        # A worker that is respawned during the drain starts drained.
-        old = app.worker_pids()
-        os.kill(old[0], signal.SIGKILL)
-        app.wait_for(lambda s: app.worker_pids().get(0) not in (None, old[0])
-                     and all(p["state"] == "ready" for p in s["processes"]), "worker 0 respawned")
-        assert all_refuse(app)
-        assert health(port)[0] == 503
+    # A worker that is respawned during the drain starts drained.
+    old = app.worker_pids()
+    os.kill(old[0], signal.SIGKILL)
+    app.wait_for(lambda s: app.worker_pids().get(0) not in (None, old[0])
+                 and all(p["state"] == "ready" for p in s["processes"]), "worker 0 respawned")
+    assert all_refuse(app)
+    assert health(port)[0] == 503
 
-        result = app.ctl("undrain")
-        assert result.returncode == 0, result.stderr
-        assert health(port) == (200, b"ok\n")
-        poll(lambda: all_accept(app), 5, "the TCP ports to accept again")
-        assert established.get_blob(hash_) == blobs[hash_]
+    result = app.ctl("undrain")
+    assert result.returncode == 0, result.stderr
+    assert health(port) == (200, b"ok\n")
+    poll(lambda: all_accept(app), 5, "the TCP ports to accept again")
+    assert peer_get(app, hash_) == blobs[hash_]
     assert app.status()["state"] == "ready"
     assert app.stop() == 0
 

@@ -73,7 +73,7 @@ def test_fleet_behind_haproxy(appliance, haproxy_dir, tmp_path):
     for i in (1, 2, 3):
         cache = tmp_path / f"node{i}" / "cache"
         nodes.append(appliance("--workers", "1", "--upstream-reflector", f"127.0.0.1:{origin.ports['http']}",
-                               "--disk-cache", f"100MB:{cache}:lru", "--drain-seconds", "4",
+                               "--disk-cache", f"100MB:{cache}:lru", "--drain-seconds", "5",
                                "--graceful-timeout", "10", name=f"node{i}", wait=False))
     for app in (origin, *nodes):
         app.wait_ready()
