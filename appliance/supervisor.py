@@ -503,8 +503,8 @@ class Supervisor:
                 counts[child.role] = counts.get(child.role, 0) + 1
         parts = [f"{counts.get('worker', 0)} workers"]
         parts += [role for role in ("cache-manager", "dht", "http3") if counts.get(role)]
-        state = "stopping" if self.stopping else ("reloading" if self.reloading else
-                                                 ("ready" if self.ready_sent else "starting"))
+        state = "stopping" if self.stopping else ("draining" if self.draining_since is not None else (
+            "reloading" if self.reloading else ("ready" if self.ready_sent else "starting")))
         return f"{state}: " + ", ".join(parts)
 
     # -- events -------------------------------------------------------------------------------------
