@@ -158,6 +158,9 @@ SETTINGS: list[Setting] = [
     S("runtime_dir", "str", "./run", "control and IPC sockets, metrics files (the service uses /run/...)"),
     S("graceful_timeout", "float", 30.0, "seconds in-flight transfers may take to finish on TERM or HUP",
       range=POSITIVE),
+    S("drain_seconds", "float", 0.0, "on a graceful stop, first drain this long: /health answers 503 and the "
+      "TCP ports refuse new connections while requests are still served (behind a balancer: > its check "
+      "interval x fall)", range=NON_NEGATIVE),
     S("heartbeat_timeout", "float", 30.0, "a child whose heartbeat is older than this is killed and replaced",
       range=POSITIVE),
     S("upload_timeout", "float", 180.0, "read timeout per upload message, seconds (reflector.go: 3 min)",

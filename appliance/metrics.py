@@ -84,6 +84,24 @@ IPC_LATENCY = Histogram("appliance_ipc_latency_seconds", "IPC round-trip time", 
                         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1, 5))
 CONNECTIONS = Gauge("appliance_connections", "Open client connections, by server", ["server"],
                     multiprocess_mode="livesum")
+DRAINING = Gauge("appliance_draining", "1 while the workers drain (/health 503, TCP ports refuse)",
+                 multiprocess_mode="livemax")
+CACHE_USED_BYTES = Gauge("appliance_cache_used_bytes", "Bytes held by a disk cache", ["path"],
+                         multiprocess_mode="livemax")
+CACHE_CAPACITY_BYTES = Gauge("appliance_cache_capacity_bytes", "Configured size of a disk cache", ["path"],
+                             multiprocess_mode="livemax")
+CACHE_FS_FREE_BYTES = Gauge("appliance_cache_filesystem_free_bytes",
+                            "Free bytes on the filesystem of a disk cache", ["path"], multiprocess_mode="livemax")
+CACHE_BLOBS = Gauge("appliance_cache_blobs", "Blobs held by a disk cache", ["path"], multiprocess_mode="livemax")
+ORIGIN_FETCHES_TOTAL = Counter("appliance_origin_fetches_total",
+                               "Cache misses fetched from the origin, by outcome (ok, notfound, error, abandoned)",
+                               ["outcome"])
+ORIGIN_FETCH_SECONDS = Histogram("appliance_origin_fetch_seconds",
+                                 "Time from a miss's lease to the blob written in the disk cache",
+                                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+DHT_CONTACTS = Gauge("appliance_dht_contacts", "Contacts in the DHT routing table", multiprocess_mode="livemax")
+DHT_ANNOUNCED = Gauge("appliance_dht_announced_hashes", "Hashes this node announces in the DHT",
+                      multiprocess_mode="livemax")
 DOWNLOAD_FAILURES_TOTAL = Counter("appliance_download_failures_total",
                                   "Downloads answered with an error, by server and reason", ["server", "reason"])
 ORIGIN_FAILURES_TOTAL = Counter("appliance_origin_failures_total",

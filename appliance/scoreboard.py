@@ -4,6 +4,7 @@ One memfd-backed mmap, created by the supervisor and inherited by each child (it
 spawn). Each child owns one fixed-size slot. Writes use a sequence lock (odd while writing) so a reader
 never takes a torn record; no IPC round-trip is needed for heartbeats or `appliancectl status`.
 Heartbeats are CLOCK_MONOTONIC seconds, which is one clock for every process of the machine.
+After the slots, one byte the supervisor writes and every child reads: the drain flag.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ BOOTING, READY, STOPPING, FAILED = 1, 2, 3, 4
 class Scoreboard:
     def __init__(self, slots: int, fd: int | None = None):
         self.slots = slots
-        size = slots * SLOT_SIZE
+        self._flags = slots * SLOT_SIZE
+        size = self._flags + 8
         if fd is None:
             fd = os.memfd_create("appliance-scoreboard", 0)  # not inheritable until passed explicitly
             os.ftruncate(fd, size)
@@ -64,6 +66,15 @@ class Scoreboard:
                     status = {}
                 return {"heartbeat": heartbeat, "pid": pid, "state": STATES.get(state, "free"), "status": status}
         return {"heartbeat": 0.0, "pid": 0, "state": "free", "status": {}}
+
+    @property
+    def draining(self) -> bool:
+        """Set by the supervisor while the appliance drains (health checks fail, TCP ports refuse)."""
+        return self._map[self._flags] == 1
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._map[self._flags] = 1 if value else 0
 
     def close(self) -> None:
         self._map.close()

@@ -33,6 +33,7 @@ from appliance.config import MAX_WORKERS, Config, worker_count
 from appliance.metrics_server import MetricsServer
 from appliance.scoreboard import Scoreboard
 from appliance.sdnotify import Notifier
+from appliance.servers.listening import pause_listener, resume_listener
 
 log = logging.getLogger("supervisor")
 
@@ -144,6 +145,8 @@ class Supervisor:
         self.notifier = Notifier()
         self.stopping: str | None = None  # None, "graceful" or "fast"
         self.stop_deadline = 0.0
+        self.draining_since: float | None = None  # monotonic time `drain` (or a graceful stop) began
+        self.stop_at: float | None = None  # a graceful stop waiting for the drain period to end
         self.exit_code = 0
         self.fatal: str | None = None
         self.ready_sent = False
@@ -223,6 +226,12 @@ class Supervisor:
             else:
                 os.unlink(path)
         metrics.enable_multiprocess(directory)
+        # Export the crash counters at 0 from the start: Prometheus's increase() misses a series' first sample,
+        # so a counter that first appears at 1 would never fire the respawn-loop or stalled-child alerts.
+        for role in ROLES_ORDER:
+            metrics.RESTARTS_TOTAL.labels(role=role)
+            for cause in ("signal", "exit", "heartbeat"):
+                metrics.CRASHES_TOTAL.labels(role=role, cause=cause)
 
     def _open_worker_sockets(self, index: int) -> None:
         sockets = {}
@@ -285,6 +294,14 @@ class Supervisor:
         if method in ("stop", "reopen-logs"):
             self.events.put(("command", method, params))
             return "ok"
+        if method in ("drain", "undrain"):
+            if method == "undrain" and (self.stopping or self.stop_at is not None):
+                raise ValueError("the appliance is stopping; it cannot be undrained")
+            done = threading.Event()  # answer once the flag is set: /health fails when `drain` returns
+            self.events.put(("command", method, done))
+            if not done.wait(10):
+                raise TimeoutError(f"{method}: the supervisor did not act within 10s")
+            return "draining" if method == "drain" else "undrained"
         if method == "workers":
             delta = int(params)
             if delta not in (1, -1):
@@ -339,7 +356,9 @@ class Supervisor:
             ports["dht"] = self.config.dht_port
         return {
             "version": __version__, "pid": os.getpid(), "started": self.started,
-            "state": self.stopping or ("reloading" if self.reloading else ("ready" if self.ready_sent else "starting")),
+            "state": self.stopping or ("draining" if self.draining_since is not None else ("reloading" if self.reloading
+                                       else ("ready" if self.ready_sent else "starting"))),
+            "draining": self.draining_since is not None,
             "workers": self.target_workers, "processes": processes, "cache": cache, "dht": dht, "ports": ports,
             "last_reload": self.last_reload,
             "config": {"path": self.config.path, "values": self.config.public()},
@@ -579,8 +598,8 @@ class Supervisor:
                 counts[child.role] = counts.get(child.role, 0) + 1
         parts = [f"{counts.get('worker', 0)} workers"]
         parts += [role for role in ("cache-manager", "dht", "http3") if counts.get(role)]
-        state = "stopping" if self.stopping else ("reloading" if self.reloading else
-                                                 ("ready" if self.ready_sent else "starting"))
+        state = "stopping" if self.stopping else ("draining" if self.draining_since is not None else (
+            "reloading" if self.reloading else ("ready" if self.ready_sent else "starting")))
         return f"{state}: " + ", ".join(parts)
 
     # -- events -------------------------------------------------------------------------------------
@@ -602,6 +621,9 @@ class Supervisor:
             self.begin_stop(graceful=False)
         elif what == "reload":
             self.reload(params if isinstance(params, _Reply) else None)
+        elif what in ("drain", "undrain"):
+            self.drain() if what == "drain" else self.undrain()
+            params.set()
         elif what == "reopen-logs":
             logs.reopen()
             for child in self.children.values():
@@ -618,15 +640,44 @@ class Supervisor:
                 self.target_workers += delta
                 log.info("workers: %d", self.target_workers)
 
+    def drain(self) -> None:
+        """/health answers 503 and the TCP ports refuse new connections; everything established is served.
+
+        Workers see the flag within DRAIN_POLL and pause their own slot's TCP sockets; the sockets of a slot
+        with no worker right now are paused here (a respawned worker reads the flag at boot)."""
+        if self.draining_since is not None:
+            return
+        self.draining_since = time.monotonic()
+        self.scoreboard.draining = True
+        manned = {c.index for c in self.children.values() if c.role == "worker"}
+        for index, sockets in self.worker_sockets.items():
+            if index not in manned:
+                for service, sock in sockets.items():
+                    if service != "http":
+                        pause_listener(sock)
+        log.info("draining: /health answers 503, the TCP ports refuse new connections")
+
+    def undrain(self) -> None:
+        if self.draining_since is None or self.stopping or self.stop_at is not None:
+            return
+        for sockets in self.worker_sockets.values():  # listening again before the workers accept again
+            for service, sock in sockets.items():
+                if service != "http":
+                    resume_listener(sock)
+        self.draining_since = None
+        self.scoreboard.draining = False
+        log.info("undrained: serving normally")
+
     def reload(self, reply: _Reply | None = None) -> None:
         """HUP or `appliancectl reload`: re-read the config and replace the workers one at a time.
 
         The support roles whose settings changed restart only once a worker of the new config is ready;
         if a new worker fails at boot, the reload is rolled back (see _reload_failed).
         """
-        if self.stopping or self.reloading:
+        if self.stopping or self.reloading or self.stop_at is not None:
             if reply is not None:
-                reply.set("the appliance is stopping" if self.stopping else "a reload is already in progress")
+                reply.set("the appliance is stopping" if self.stopping or self.stop_at is not None
+                          else "a reload is already in progress")
             return
         self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         new = self.config
@@ -715,6 +766,16 @@ class Supervisor:
     def begin_stop(self, graceful: bool) -> None:
         if self.stopping == "fast" or (self.stopping == "graceful" and graceful):
             return
+        if graceful and self.config.drain_seconds > 0:
+            self.drain()  # a balancer moves traffic away before anything is refused
+            stop_at = self.draining_since + self.config.drain_seconds
+            if time.monotonic() < stop_at:
+                if self.stop_at is None:
+                    self.stop_at = stop_at
+                    self.notifier.notify("STOPPING=1")
+                    log.info("graceful stop: draining for %.1fs first", stop_at - time.monotonic())
+                return
+        self.stop_at = None
         self.stopping = "graceful" if graceful else "fast"
         self.notifier.notify("STOPPING=1")
         if self.reloading and not self.rolling_back:
@@ -759,6 +820,8 @@ class Supervisor:
                     event = self.events.get_nowait()
                 except queue.Empty:
                     event = None
+            if self.stop_at is not None and time.monotonic() >= self.stop_at:
+                self.begin_stop(graceful=True)  # the drain period is over
             self.reap()
             if self.stopping:
                 if not self.children:
@@ -789,10 +852,21 @@ class Supervisor:
             self.notifier.notify(f"STATUS={line}")
         for role in self.roles():
             metrics.PROCESSES.labels(role=role).set(self._count(role))
+        self._export_heartbeats()
         interval = self.notifier.watchdog_interval
         if interval and time.monotonic() - self.last_watchdog >= interval and self.heartbeats_fresh():
             self.last_watchdog = time.monotonic()
             self.notifier.notify("WATCHDOG=1")
+
+    def _export_heartbeats(self) -> None:
+        """appliance_heartbeat_age_seconds: the oldest heartbeat per role (the "stalled child" alert)."""
+        now, ages = time.monotonic(), dict.fromkeys(self.roles(), 0.0)
+        for child in self.children.values():
+            record = self.scoreboard.read(child.slot)
+            if record["pid"] == child.pid and record["heartbeat"]:
+                ages[child.role] = max(ages.get(child.role, 0.0), now - record["heartbeat"])
+        for role, age in ages.items():
+            metrics.HEARTBEAT_AGE.labels(role=role).set(round(age, 3))
 
     def shutdown(self) -> None:
         for server in (self.control_server, self.metrics_server):

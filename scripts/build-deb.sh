@@ -33,6 +33,10 @@ install -D -m 0644 config/reflector-appliance.toml "$pkg/etc/$NAME/config.toml"
 install -D -m 0640 config/secrets.toml.example "$pkg/etc/$NAME/secrets.toml"
 install -D -m 0644 config/config.json "$pkg/usr/share/doc/$NAME/examples/config.json"
 install -D -m 0644 README.md "$pkg/usr/share/doc/$NAME/README.md"
+# What operators import (HAProxy fleet config, Prometheus rules, Grafana dashboard): not conffiles, copy them.
+(cd deploy && find . -type f -print0) | while IFS= read -r -d '' f; do
+  install -D -m 0644 "deploy/$f" "$pkg/usr/share/$NAME/${f#./}"
+done
 mkdir -p "$pkg/usr/bin"
 ln -s /opt/$NAME/venv/bin/prism "$pkg/usr/bin/prism"
 ln -s /opt/$NAME/venv/bin/appliancectl "$pkg/usr/bin/appliancectl"

@@ -75,6 +75,7 @@ link() {  # link TARGET PATH, unless it already points there
 uninstall() {
   packaging/prerm remove
   rm -f "$UNIT" "$ROOT"/etc/systemd/system/*.wants/$NAME.service "$BINDIR/prism" "$BINDIR/appliancectl"
+  rm -rf "$ROOT/usr/share/$NAME"
   packaging/postrm remove  # removes $OPT, reloads systemd
   if [ $purge = 1 ]; then
     packaging/postrm purge
@@ -126,6 +127,13 @@ install_config() {
   fi
 }
 
+install_deploy() {  # what operators import: HAProxy config, Prometheus rules, Grafana dashboard (as the .deb)
+  local f
+  while IFS= read -r -d '' f; do
+    put "deploy/$f" "$ROOT/usr/share/$NAME/${f#./}" 0644
+  done < <(cd deploy && find . -type f -print0)
+}
+
 next_steps() {
   local where=""
   [ -z "$ROOT" ] || where=" (installed under $ROOT)"
@@ -137,6 +145,7 @@ The reflector appliance is installed$where. Next steps:
   2. Start it now and at boot:  systemctl enable --now $NAME
   3. See it running:            appliancectl status
   4. Metrics:                   curl -s http://localhost:2112/metrics
+     Prometheus rules, Grafana dashboard, HAProxy fleet config: /usr/share/$NAME/
   Logs: journalctl -u $NAME -f     Uninstall: scripts/install.sh --uninstall [--purge]
 EOF
 }
@@ -150,6 +159,7 @@ upgraded_from=""
 install_venv
 put systemd/$NAME.service "$UNIT" 0644
 install_config
+install_deploy
 link /opt/$NAME/venv/bin/prism "$BINDIR/prism"
 link /opt/$NAME/venv/bin/appliancectl "$BINDIR/appliancectl"
 packaging/postinst configure "$upgraded_from"

@@ -76,7 +76,9 @@ def test_files_and_maintainer_scripts(deb, unpacked):
     names = {line.split()[5].removeprefix(".") for line in listing.splitlines()}
     for path in (f"{VENV}/bin/prism", f"{VENV}/bin/appliancectl", f"/lib/systemd/system/{NAME}.service",
                  f"/etc/{NAME}/config.toml", f"/etc/{NAME}/secrets.toml", "/usr/bin/prism", "/usr/bin/appliancectl",
-                 f"/usr/share/doc/{NAME}/examples/config.json"):
+                 f"/usr/share/doc/{NAME}/examples/config.json", f"/usr/share/{NAME}/haproxy/haproxy.cfg",
+                 f"/usr/share/{NAME}/prometheus/alerts.yml", f"/usr/share/{NAME}/prometheus/alerts_test.yml",
+                 f"/usr/share/{NAME}/grafana/reflector-appliance.json"):
         assert path in names, path
     assert all(line.split()[1] == "root/root" for line in listing.splitlines())
     assert (unpacked / "DEBIAN" / "conffiles").read_text().split() == [f"/etc/{NAME}/config.toml",

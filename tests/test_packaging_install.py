@@ -24,7 +24,7 @@ def checkout(tmp_path) -> Path:
     """A copy of what install.sh uses from the checkout."""
     copy = tmp_path / "checkout"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for part in ("scripts", "packaging", "config", "systemd", "appliance", "workers"):
+    for part in ("scripts", "packaging", "config", "systemd", "appliance", "workers", "deploy"):
         shutil.copytree(REPO / part, copy / part, ignore=ignore)
     for part in ("setup.py", "pyproject.toml", "README.md"):
         shutil.copy2(REPO / part, copy / part)
@@ -95,6 +95,8 @@ def test_install_reinstall_edit_uninstall_purge(checkout, root):
     assert (root / f"etc/systemd/system/{NAME}.service").read_text() == \
         (checkout / f"systemd/{NAME}.service").read_text()
     assert os.readlink(root / "usr/local/bin/appliancectl") == f"/opt/{NAME}/venv/bin/appliancectl"
+    for shipped in ("haproxy/haproxy.cfg", "prometheus/alerts.yml", "grafana/reflector-appliance.json"):
+        assert (root / f"usr/share/{NAME}" / shipped).read_bytes() == (checkout / "deploy" / shipped).read_bytes()
     venv = root / f"opt/{NAME}/venv"
     assert (venv / "bin/prism").read_text().startswith(f"#!/opt/{NAME}/venv/bin/python3\n")
     # The venv's interpreter runs the installed code (cwd=/ so that no checkout is on sys.path).
@@ -130,7 +132,7 @@ def test_install_reinstall_edit_uninstall_purge(checkout, root):
     removed = install(checkout, "--root", str(root), "--uninstall")
     assert removed.returncode == 0, removed.stderr[-3000:]
     for gone in (f"opt/{NAME}", f"etc/systemd/system/{NAME}.service", "usr/local/bin/prism",
-                 "usr/local/bin/appliancectl"):
+                 "usr/local/bin/appliancectl", f"usr/share/{NAME}"):
         assert not os.path.lexists(root / gone), gone
     assert entry(root, "passwd", "reflector") is None and entry(root, "group", "reflector") is None
     assert (root / f"var/lib/{NAME}/blobs/ab/blob").read_bytes() == b"data"

@@ -175,16 +175,28 @@ class Layer:
                      persistent=self.index.persistence_error is None)
         return stats
 
+    def export(self, stats: dict) -> None:
+        """The gauges the dashboard and the "disk cache near full" alert read."""
+        metrics.CACHE_USED_BYTES.labels(path=self.root).set(int(stats.get("used_bytes", 0)))
+        metrics.CACHE_CAPACITY_BYTES.labels(path=self.root).set(int(stats.get("capacity", 0)))
+        metrics.CACHE_BLOBS.labels(path=self.root).set(int(stats.get("blobs", 0)))
+        try:
+            fs = os.statvfs(self.root)
+        except OSError:
+            return
+        metrics.CACHE_FS_FREE_BYTES.labels(path=self.root).set(fs.f_bavail * fs.f_frsize)
+
 
 def _size(n: int) -> str:
     return f"{n / 1024 ** 2:.1f} MiB" if n < 1024 ** 3 else f"{n / 1024 ** 3:.1f} GiB"
 
 
 class Flight:
-    __slots__ = ("holder", "done", "outcome", "waiters")
+    __slots__ = ("holder", "done", "outcome", "waiters", "started")
 
     def __init__(self, holder: int):
         self.holder = holder
+        self.started = time.monotonic()
         self.done = Event()
         self.outcome = ""
         self.waiters = 0
@@ -234,6 +246,10 @@ class CacheManager:
             return
         del self.flights[hash_]
         self.in_flight.dec()
+        kind = {"ready": "ok", "notfound": "notfound", "retry": "abandoned"}.get(outcome, "error")
+        metrics.ORIGIN_FETCHES_TOTAL.labels(outcome=kind).inc()
+        if kind == "ok":
+            metrics.ORIGIN_FETCH_SECONDS.observe(time.monotonic() - flight.started)
         for layer in self.layers:
             layer.index.unpin(hash_)
             if outcome != "ready":
@@ -381,6 +397,8 @@ def main(ctx: ChildContext) -> int:
         for reason in ("capacity", "index"):
             metrics.CACHE_DEGRADED.labels(reason=reason).set(1 if reason in status["degraded"] else 0)
         ctx.post(READY, {"cache": status, "requests": manager.misses + manager.hits})
+        for layer, stats in zip(layers, status["layers"], strict=True):
+            layer.export(stats)
         if not ctx.parent_alive():
             break
         stop.wait(FLUSH_INTERVAL)

@@ -25,7 +25,7 @@ import gevent
 from gevent.event import Event
 from gevent.server import StreamServer
 
-from appliance import ipc, logs
+from appliance import ipc, logs, metrics
 from appliance.blob import is_valid_hash
 from appliance.scoreboard import READY, STOPPING
 from workers.child import BootError, ChildContext
@@ -212,6 +212,8 @@ def main(ctx: ChildContext) -> int:
     while not stop.is_set() and ctx.parent_alive():
         status = service.status()
         posted = {k: status[k] for k in STATUS_KEYS if k in status}
+        metrics.DHT_CONTACTS.set(status.get("contacts", 0))
+        metrics.DHT_ANNOUNCED.set(status.get("announced", 0))
         if cluster is not None:
             posted["cluster"] = cluster.status()
         ctx.post(READY, {"dht": posted})

@@ -15,7 +15,7 @@ import time
 import gevent
 from gevent.event import Event
 
-from appliance import ipc, logs, misses
+from appliance import ipc, logs, metrics, misses
 from appliance.scoreboard import READY, STOPPING
 from appliance.stores.compose import CompositionError, build_origin, disk_cache_specs
 from appliance.stores.disk import DiskStore
@@ -98,6 +98,31 @@ def graceful_stop(servers: list, timeout: float, fast: Event) -> None:
         fast.wait(0.02)
 
 
+DRAIN_POLL = 0.05  # seconds between reads of the supervisor's drain flag (a byte of shared memory)
+
+
+def follow_drain(scoreboard, servers: list) -> None:
+    """Pause the TCP servers (their port refuses connections; established ones go on) while the supervisor's
+    drain flag is set, and resume them when it is cleared. The HTTP server keeps serving: its /health fails.
+    Also applies the flag at boot: a worker spawned during a drain starts paused."""
+    paused = None
+    while True:
+        draining = scoreboard.draining
+        if draining != paused:
+            for server in servers:
+                if server.stopping:
+                    continue  # a graceful stop took it over
+                if draining:
+                    server.pause()
+                else:
+                    server.resume()
+            metrics.DRAINING.set(1 if draining else 0)
+            if paused is not None:
+                log.info("%s", "draining: TCP ports refuse new connections" if draining else "undrained")
+            paused = draining
+        gevent.sleep(DRAIN_POLL)
+
+
 BLOCKLIST_DB_RELOAD = 30.0  # seconds between re-reads of the `blocked` table the cache manager keeps current
 BLOCKLIST_FILE_CHECK = 2.0  # seconds between checks of the state file (a stat; re-read only when it changed)
 
@@ -167,9 +192,12 @@ def main(ctx: ChildContext) -> int:
         from appliance.servers.http import HttpServer
 
         servers.append(HttpServer(http, store, edge_token=config.upstream_edge_token,
-                                  queue_size=config.request_queue_size, protected=protected))
+                                  queue_size=config.request_queue_size, protected=protected,
+                                  draining=lambda: ctx.scoreboard.draining))
+    drainer = gevent.spawn(follow_drain, ctx.scoreboard, [s for s in servers if s.name != "http"])
     for server in servers:
-        server.start()
+        if server.name == "http":
+            server.start()  # the TCP servers are started (or paused) by follow_drain
 
     stop, fast = Event(), Event()
 
@@ -206,6 +234,7 @@ def main(ctx: ChildContext) -> int:
     for server in servers:
         server.close_connections()
     keeper.kill()
+    drainer.kill()
     if reloader is not None:
         reloader.kill()
     for handler in handlers:

@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     workers = sub.add_parser("workers", help="one worker more or less (like SIGTTIN / SIGTTOU)")
     workers.add_argument("delta", choices=["+1", "-1"])
     sub.add_parser("reopen-logs", help="reopen log files (like SIGUSR1)")
+    sub.add_parser("drain", help="fail health checks (/health 503, TCP ports refuse) while still serving")
+    sub.add_parser("undrain", help="end a drain: pass health checks and accept on every port again")
     args = parser.parse_args(argv)
     if not args.verb:
         parser.print_help()
@@ -141,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.verb == "workers":
             client.call("workers", int(args.delta))
             print(f"workers {args.delta}")
+        elif args.verb in ("drain", "undrain"):
+            print(client.call(args.verb))  # answered once in effect
         else:
             client.call(args.verb)
             print(f"{args.verb}: requested")

@@ -19,6 +19,8 @@ from gevent.event import Event
 from gevent.server import StreamServer
 
 from appliance import metrics
+from appliance.servers.listening import LISTEN_BACKLOG as LISTEN_QUEUE_MAX
+from appliance.servers.listening import pause_listener, resume_listener
 
 log = logging.getLogger("server")
 
@@ -92,6 +94,33 @@ class GeventServer:
         self.stopping = True
         if self._server is not None:
             self._server.stop_accepting()
+
+    def pause(self) -> None:
+        """Drain: refuse new connections at the kernel (a balancer's TCP check fails) while the established
+        ones go on. The listening socket leaves the LISTEN state (shutdown; no accept error can follow since
+        we stopped accepting first); `resume()` puts it back. The shutdown would reset what sits in the
+        accept queue, so that is taken first, with no switch to another greenlet in between: only a
+        handshake completing in those microseconds can still be reset."""
+        if self._server is not None:
+            self._server.stop_accepting()
+            self._take_queued()
+        pause_listener(self.listener)
+
+    def _take_queued(self) -> None:
+        server = self._server
+        for _ in range(LISTEN_QUEUE_MAX):
+            try:
+                accepted = server.do_read()  # non-blocking: None once the queue is empty
+            except OSError:
+                return
+            if not accepted:
+                return
+            server.do_handle(*accepted)  # spawns the handler; it runs after the shutdown
+
+    def resume(self) -> None:
+        """Undrain: listen again (a no-op for a socket that is listening) and accept."""
+        resume_listener(self.listener)
+        self.start()
 
     @property
     def fresh(self) -> int:

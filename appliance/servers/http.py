@@ -5,6 +5,10 @@ os.sendfile. Statuses: 200 blob, 204/404 for HEAD, 400 malformed request or hash
 without the right edge token, 404 missing (remembered for 5 minutes in a bounded misses cache), 500 with
 a generic text when the origin fails (the details go to the log). At most `queue_size` GETs run at once
 per server; the rest wait.
+
+`GET|HEAD /health` is for load balancers (reflector.go serves only /blob on this port, so it cannot
+clash): 200 "ok" while this worker serves, 503 "draining" once a drain or a graceful stop has begun.
+Blob requests are still served while draining, so the balancer moves traffic away before any is refused.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ INTERNAL_ERROR = b"internal server error"  # the 500 body: what failed inside is
 
 _REASONS = {200: b"OK", 204: b"No Content", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found",
             405: b"Method Not Allowed", 408: b"Request Timeout", 431: b"Request Header Fields Too Large",
-            500: b"Internal Server Error", 505: b"HTTP Version Not Supported"}
+            500: b"Internal Server Error", 503: b"Service Unavailable", 505: b"HTTP Version Not Supported"}
 
 
 class _Close(Exception):
@@ -59,8 +63,10 @@ class HttpServer(GeventServer):
     name = "http"
 
     def __init__(self, listener, store, *, edge_token: str = "", queue_size: int = 200, protected=None,
-                 idle_timeout: float = 60.0, header_timeout: float = 10.0, send_timeout: float = 60.0):
+                 idle_timeout: float = 60.0, header_timeout: float = 10.0, send_timeout: float = 60.0,
+                 draining=None):
         super().__init__(listener)
+        self.draining = draining  # () -> bool: the appliance is draining (/health answers 503)
         self.store = store
         self.edge_token = edge_token
         self.protected = protected
@@ -159,6 +165,9 @@ class HttpServer(GeventServer):
         if version == b"HTTP/1.1" and keep_alive:
             conn = b""  # the default
         path, _, query = target.partition(b"?")
+        if path == b"/health":
+            self._health(sock, method, conn)
+            return keep_alive
         if path != b"/blob":
             self._send_simple(sock, 404, b"404 page not found", conn)
             return keep_alive
@@ -175,6 +184,14 @@ class HttpServer(GeventServer):
         else:
             self._get(sock, hash_, token, conn)
         return keep_alive
+
+    def _health(self, sock, method: bytes, conn: bytes) -> None:
+        if method != b"GET" and method != b"HEAD":
+            self._send_simple(sock, 405, b"method not allowed", conn, b"Allow: GET, HEAD\r\n")
+        elif self.stopping or (self.draining is not None and self.draining()):
+            self._send_simple(sock, 503, b"draining\n", conn, head=method == b"HEAD")
+        else:
+            self._send_simple(sock, 200, b"ok\n", conn, head=method == b"HEAD")
 
     def _head(self, sock, hash_: str, conn: bytes) -> None:
         try:
@@ -263,11 +280,12 @@ class HttpServer(GeventServer):
         self._reject(sock, status, text)
         raise _Close()
 
-    def _send_simple(self, sock, status: int, body: bytes, conn: bytes, extra: bytes = b"") -> None:
+    def _send_simple(self, sock, status: int, body: bytes, conn: bytes, extra: bytes = b"", head: bool = False) -> None:
         content_type = b"Content-Type: text/plain; charset=utf-8\r\n" if body else b""
         sock.settimeout(self.send_timeout)
         sock.sendall(b"HTTP/1.1 %d %s\r\nDate: %s\r\n%s%sContent-Length: %d\r\n%s\r\n%s"
-                     % (status, _REASONS[status], self._date.get(), content_type, extra, len(body), conn, body))
+                     % (status, _REASONS[status], self._date.get(), content_type, extra, len(body), conn,
+                        b"" if head else body))
 
     def _count_send_error(self, exc: OSError, address) -> None:
         kind = metrics.count_error("download", exc)

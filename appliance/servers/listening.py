@@ -1,0 +1,24 @@
+"""Listening sockets paused and resumed in place (drain): no gevent here, the supervisor uses it too.
+
+A paused socket is shut down (SHUT_RD), which takes it out of the LISTEN state while it stays bound and
+open in every process that holds it, so a connect is refused (a balancer's TCP check fails) and
+`listen()` later puts it back into its SO_REUSEPORT group. HAProxy pauses its own listeners this way.
+"""
+from __future__ import annotations
+
+import socket
+
+LISTEN_BACKLOG = 2048  # what the supervisor listens with, restored on resume
+
+
+def pause_listener(sock: socket.socket) -> None:
+    """Refuse new connections on a listening socket without closing it; idempotent."""
+    try:
+        sock.shutdown(socket.SHUT_RD)
+    except OSError:  # ENOTCONN: not listening already
+        pass
+
+
+def resume_listener(sock: socket.socket) -> None:
+    """Listen again (harmless on a socket that is listening)."""
+    sock.listen(LISTEN_BACKLOG)
