@@ -79,6 +79,11 @@ IPC_LATENCY = Histogram("appliance_ipc_latency_seconds", "IPC round-trip time", 
                         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1, 5))
 CONNECTIONS = Gauge("appliance_connections", "Open client connections, by server", ["server"],
                     multiprocess_mode="livesum")
+DHT_REQUESTS_DROPPED_TOTAL = Counter("appliance_dht_requests_dropped_total",
+                                    "DHT requests left unanswered, by reason (rate: over the per-source rate limit)",
+                                    ["reason"])
+DHT_ANSWERS_TRIMMED_TOTAL = Counter("appliance_dht_answers_trimmed_total",
+                                    "DHT answers shed of contacts to stay within the amplification ceiling")
 DOWNLOAD_FAILURES_TOTAL = Counter("appliance_download_failures_total",
                                   "Downloads answered with an error, by server and reason", ["server", "reason"])
 
