@@ -93,6 +93,12 @@ SETTINGS: list[Setting] = [
     S("upload_timeout", "float", 180.0, "read timeout per upload message, seconds (reflector.go: 3 min)",
       "reflector"),
     S("peer_idle_timeout", "float", 60.0, "TCP peer connections idle longer than this are closed", "reflector"),
+    S("upload_idle_timeout", "float", 60.0, "reflector upload connections that send nothing for this long after "
+      "connecting or between messages are closed (at most upload_timeout; a message under way has upload_timeout)",
+      "reflector"),
+    S("max_connections_per_ip", "int", 256, "open connections one client IP may hold on each of the upload, TCP "
+      "peer and HTTP ports, all workers together (each worker allows its share, rounded up); 0 = no cap",
+      "reflector"),
     S("log_file", "str", "", "also write the log to this file (reopened on USR1); empty = stderr only",
       "logging"),
     S("secrets_file", "str", "",

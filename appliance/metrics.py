@@ -79,13 +79,17 @@ IPC_LATENCY = Histogram("appliance_ipc_latency_seconds", "IPC round-trip time", 
                         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1, 5))
 CONNECTIONS = Gauge("appliance_connections", "Open client connections, by server", ["server"],
                     multiprocess_mode="livesum")
+CONNECTIONS_CLOSED_TOTAL = Counter("appliance_connections_closed_total",
+                                   "Client connections closed by a limit, by server and reason (per_ip_cap: refused "
+                                   "at accept, over the per-IP cap; idle: no message within the idle timeout)",
+                                   ["server", "reason"])
+DOWNLOAD_FAILURES_TOTAL = Counter("appliance_download_failures_total",
+                                  "Downloads answered with an error, by server and reason", ["server", "reason"])
 DHT_REQUESTS_DROPPED_TOTAL = Counter("appliance_dht_requests_dropped_total",
                                     "DHT requests left unanswered, by reason (rate: over the per-source rate limit)",
                                     ["reason"])
 DHT_ANSWERS_TRIMMED_TOTAL = Counter("appliance_dht_answers_trimmed_total",
                                     "DHT answers shed of contacts to stay within the amplification ceiling")
-DOWNLOAD_FAILURES_TOTAL = Counter("appliance_download_failures_total",
-                                  "Downloads answered with an error, by server and reason", ["server", "reason"])
 
 
 def count_error(direction: str, exc: BaseException) -> str:
