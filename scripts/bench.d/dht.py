@@ -6,6 +6,9 @@ survivors looks the hash up at once ("first"), then again once their RPCs to the
 ("later"). Rounds alternate between this tree and a baseline tree (`--baseline-rev`, extracted with git
 archive) so both are measured in the same run; figures are medians over rounds of each round's median.
 
+Then issue 15's amplification probe: 2,000 findNode datagrams from one source, with the default limits
+and with none.
+
 Usage: scripts/bench dht [--rounds N] [--baseline-rev REV]
 """
 from __future__ import annotations
@@ -70,6 +73,53 @@ def one_round() -> dict:
             service.stop()  # (again for the dead: stop is idempotent)
 
 
+def amplification(count: int = 2000) -> None:
+    """issue 15's probe: `count` findNode datagrams from one source within a second, to a node with 40
+    contacts, with the default limits and with none (the baseline); bytes out/in and the largest answer."""
+    import socket
+
+    from appliance.config import SETTINGS
+    from appliance.dht.messages import FIND_NODE, Request, Response, decode_message, encode_message, request_args
+    from appliance.dht.node import Node
+
+    defaults = {s.key: s.default for s in SETTINGS}
+    print(f"{count} findNode datagrams from one source within ~1 s, to a node with 40 contacts")
+    for name, options in (("no limits", {}), ("defaults", {"rate_limit": defaults["dht_rate_limit"],
+                                                            "rate_burst": defaults["dht_rate_burst"],
+                                                            "max_amplification": defaults["dht_max_amplification"]})):
+        for form in ("SDK request", "stripped request"):
+            node = Node(bind=("127.0.0.1", 0), **options)
+            node.start()
+            for i in range(40):
+                node.routing.add(os.urandom(48), f"203.{i}.113.{200 + i}", 40000 + i)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+            sock.bind(("127.0.0.2", 0))
+            sender, sent, largest, received, answered = os.urandom(48), 0, 0.0, 0, 0
+            for i in range(count):
+                args = request_args(FIND_NODE, os.urandom(48)) if form == "SDK request" else [os.urandom(48)]
+                data = encode_message(Request(os.urandom(20), sender, FIND_NODE, args))
+                sock.sendto(data, ("127.0.0.1", node.port))
+                sent += len(data)
+                if i % 100 == 99:
+                    time.sleep(0.04)
+            sock.settimeout(0.5)
+            try:
+                while True:
+                    reply = sock.recv(2048)
+                    if isinstance(decode_message(reply), Response):  # (not the node's ping back)
+                        answered += 1
+                        received += len(reply)
+                        largest = max(largest, len(reply) / len(data))
+            except TimeoutError:
+                pass
+            node.stop()
+            sock.close()
+            print(f"  {name:>9}, {form:>16} ({len(data)} B): {node.rpc.stats['received']} reached the node, "
+                  f"{answered} answered, bytes out/in "
+                  f"{received / sent:.2f}, largest answer {largest:.1f}x its request")
+
+
 def run_tree(tree: str) -> dict:
     env = {**os.environ, "PYTHONPATH": tree}
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child"], cwd=tree, env=env,
@@ -116,6 +166,7 @@ def main() -> int:
         summary[name] = (first, later)
     (first, later), (base_first, base_later) = summary.values()
     print(f"  this tree / baseline: right after {first / base_first:.2f}, after the timeouts {later / base_later:.3f}")
+    amplification()
     return 0
 
 
