@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 MAX_QUERIES = 200  # a lookup never sends more requests than this, whatever the answers say
 MAX_PAGES = 16
-STALL_AFTER = 1.0  # seconds; far above a DHT round trip, well below the 5 s RPC timeout
+STALL_AFTER = 1.0  # seconds; far above a DHT round trip, below the 5 s RPC timeout (the SDK moves on after 2.5 s)
 
 
 @dataclass

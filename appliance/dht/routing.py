@@ -26,7 +26,7 @@ from appliance.dht.messages import NODE_ID_LEN, ContactTriple
 ID_BITS = NODE_ID_LEN * 8
 ID_SPACE = 1 << ID_BITS
 BAD_AFTER = 2  # failed RPCs in a row after which a contact leaves the table
-FAILED_TTL = 900.0  # how long a failed address is skipped unless it answers (the SDK's 15-minute window)
+FAILED_TTL = 720.0  # how long a failed address is skipped unless it answers (the SDK: CHECK_REFRESH_INTERVAL)
 MAX_FAILED = 4096
 
 
