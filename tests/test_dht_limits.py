@@ -145,11 +145,12 @@ def test_without_a_limit_every_request_is_answered(node):
 
 # --- amplification -------------------------------------------------------------------------------------
 
-def _fill(target: Node, count: int = 40) -> None:
-    """Contacts at long (public-looking) addresses: the largest findNode answers."""
+def _fill(target: Node, count: int = 200) -> None:
+    """Contacts at long (public-looking) addresses: the largest findNode answers. (A table keeps about K
+    per distance class of random ids: 200 of them leave well over 16.)"""
     for i in range(count):
         target.routing.add(os.urandom(48), f"203.{i}.113.{200 + i % 50}", 40000 + i)
-    assert len(target.routing) >= 16
+    assert len(target.routing) > 16
 
 
 @pytest.mark.parametrize("with_options", [True, False], ids=["sdk-request", "stripped-request"])

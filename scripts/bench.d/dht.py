@@ -74,8 +74,9 @@ def one_round() -> dict:
 
 
 def amplification(count: int = 2000) -> None:
-    """issue 15's probe: `count` findNode datagrams from one source within a second, to a node with 40
-    contacts, with the default limits and with none (the baseline); bytes out/in and the largest answer."""
+    """issue 15's probe: `count` findNode datagrams from one source within a second, to a node offered 200
+    contacts (its table keeps those that fit), with the default limits and with none (the baseline);
+    bytes out/in and the largest answer."""
     import socket
 
     from appliance.config import SETTINGS
@@ -83,15 +84,15 @@ def amplification(count: int = 2000) -> None:
     from appliance.dht.node import Node
 
     defaults = {s.key: s.default for s in SETTINGS}
-    print(f"{count} findNode datagrams from one source within ~1 s, to a node with 40 contacts")
+    print(f"{count} findNode datagrams from one source within ~1 s, to a node with a full table")
     for name, options in (("no limits", {}), ("defaults", {"rate_limit": defaults["dht_rate_limit"],
                                                             "rate_burst": defaults["dht_rate_burst"],
                                                             "max_amplification": defaults["dht_max_amplification"]})):
         for form in ("SDK request", "stripped request"):
             node = Node(bind=("127.0.0.1", 0), **options)
             node.start()
-            for i in range(40):
-                node.routing.add(os.urandom(48), f"203.{i}.113.{200 + i}", 40000 + i)
+            for i in range(200):
+                node.routing.add(os.urandom(48), f"203.{i}.113.{200 + i % 50}", 40000 + i)
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
             sock.bind(("127.0.0.2", 0))
