@@ -119,9 +119,11 @@ SETTINGS: list[Setting] = [
     S("dht_announce_all", "bool", False, "announce every stored blob, not only sd blobs", "dht"),
     S("dht_address_policy", "str", "any", "DHT contacts and peers accepted: 'any' unicast IPv4 (loopback and "
       "private included), or 'public' (routable, port >= 1024, as stock SDK nodes)", "dht", choices=("any", "public")),
-    S("dht_rate_limit", "float", 20.0, "DHT requests a second answered per source IP, after a burst of "
-      "dht_rate_burst; the rest are dropped unanswered; 0 = no limit", "dht"),
-    S("dht_rate_burst", "int", 40, "DHT requests one source IP may send at once before dht_rate_limit applies", "dht"),
+    S("dht_rate_limit", "float", 100.0, "DHT requests a second answered per source IP, after a burst of "
+      "dht_rate_burst; the rest are dropped unanswered (a node announcing 10 hashes/s sends a close node about 20 "
+      "a second); 0 = no limit", "dht"),
+    S("dht_rate_burst", "int", 200, "DHT requests one source IP may send at once before dht_rate_limit applies",
+      "dht"),
     S("dht_max_amplification", "float", 7.0, "largest DHT answer as a multiple of its request's size: contacts are "
       "shed to fit (LBRY SDK nodes answer up to 7.4x an SDK request); 0 = only the 1400-byte datagram limit", "dht"),
     # --- cluster (prism start; the DHT process runs it) ----------------------------------------------
