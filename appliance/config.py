@@ -167,6 +167,12 @@ SETTINGS: list[Setting] = [
       "reflector", range=POSITIVE),
     S("peer_idle_timeout", "float", 60.0, "TCP peer connections idle longer than this are closed", "reflector",
       range=POSITIVE),
+    S("upload_idle_timeout", "float", 60.0, "reflector upload connections that send nothing for this long after "
+      "connecting or between messages are closed (at most upload_timeout; a message under way has upload_timeout)",
+      "reflector", range=POSITIVE),
+    S("max_connections_per_ip", "int", 256, "open connections one client IP may hold on each of the upload, TCP "
+      "peer and HTTP ports, all workers together (each worker allows its share, rounded up); 0 = no cap",
+      "reflector", range=NON_NEGATIVE),
     S("log_file", "str", "", "also write the log to this file (reopened on USR1); empty = stderr only",
       "logging"),
     S("secrets_file", "str", "",
@@ -191,6 +197,13 @@ SETTINGS: list[Setting] = [
     S("dht_announce_all", "bool", False, "announce every stored blob, not only sd blobs", "dht"),
     S("dht_address_policy", "str", "any", "DHT contacts and peers accepted: 'any' unicast IPv4 (loopback and "
       "private included), or 'public' (routable, port >= 1024, as stock SDK nodes)", "dht", choices=("any", "public")),
+    S("dht_rate_limit", "float", 100.0, "DHT requests a second answered per source IP, after a burst of "
+      "dht_rate_burst; the rest are dropped unanswered (a node announcing 10 hashes/s sends a close node about 20 "
+      "a second); 0 = no limit", "dht"),
+    S("dht_rate_burst", "int", 200, "DHT requests one source IP may send at once before dht_rate_limit applies",
+      "dht"),
+    S("dht_max_amplification", "float", 7.0, "largest DHT answer as a multiple of its request's size: contacts are "
+      "shed to fit (LBRY SDK nodes answer up to 7.4x an SDK request); 0 = only the 1400-byte datagram limit", "dht"),
     # --- cluster (prism start; the DHT process runs it) ----------------------------------------------
     S("cluster", "bool", False, "join the cluster of the nodes sharing db_conn and announce only this node's share "
       "of the stored hashes (prism start turns it on)", "dht"),

@@ -107,6 +107,15 @@ DOWNLOAD_FAILURES_TOTAL = Counter("appliance_download_failures_total",
 ORIGIN_FAILURES_TOTAL = Counter("appliance_origin_failures_total",
                                 "Cache misses whose origin fetch failed, by reason (hash_mismatch, "
                                 "first_byte_timeout, idle_timeout, error)", ["reason"])
+CONNECTIONS_CLOSED_TOTAL = Counter("appliance_connections_closed_total",
+                                   "Client connections closed by a limit, by server and reason (per_ip_cap: refused "
+                                   "at accept, over the per-IP cap; idle: no message within the idle timeout)",
+                                   ["server", "reason"])
+DHT_REQUESTS_DROPPED_TOTAL = Counter("appliance_dht_requests_dropped_total",
+                                    "DHT requests left unanswered, by reason (rate: over the per-source rate limit)",
+                                    ["reason"])
+DHT_ANSWERS_TRIMMED_TOTAL = Counter("appliance_dht_answers_trimmed_total",
+                                    "DHT answers shed of contacts to stay within the amplification ceiling")
 
 
 def count_error(direction: str, exc: BaseException) -> str:

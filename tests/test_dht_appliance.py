@@ -3,6 +3,7 @@ address and TCP peer port, and the blob downloads from there."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -46,3 +47,61 @@ def test_an_unknown_hash_is_not_found(appliance):
                           f"127.0.0.1:{dht_port}", "--timeout", "2"], capture_output=True, text=True, timeout=60,
                          cwd=REPO, env=child_env())
     assert out.returncode == 1 and out.stdout == ""
+
+
+def test_the_dht_process_limits_a_flooding_source_and_counts_it(appliance):
+    """issue 15: 2,000 requests from one source within a second get at most the configured rate answered,
+    another source is still answered, and the metrics say so."""
+    import time
+
+    from appliance.dht.messages import (
+        FIND_NODE,
+        PING,
+        PONG,
+        Request,
+        Response,
+        decode_message,
+        encode_message,
+        request_args,
+    )
+
+    dht_port = free_ports(1)[0]
+    rate, burst = 50, 50
+    app = appliance("--dht-port", str(dht_port), "--workers", "1", "--dht-rate-limit", str(rate),
+                    "--dht-rate-burst", str(burst), "--dht-max-amplification", "4", dht=True)
+    flooder, other = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+    flooder.bind(("127.0.0.2", 0))
+    other.bind(("127.0.0.3", 0))
+    target = ("127.0.0.1", dht_port)
+
+    def responses(sock, quiet):
+        got = []
+        sock.settimeout(quiet)
+        try:
+            while True:
+                message = decode_message(sock.recv(2048))
+                if isinstance(message, Response):  # (an unknown sender is also pinged back once)
+                    got.append(message)
+        except TimeoutError:
+            return got
+
+    sender = os.urandom(48)
+    requests = [encode_message(Request(os.urandom(20), sender, FIND_NODE, request_args(FIND_NODE, os.urandom(48))))
+                for _ in range(2000)]
+    start = time.monotonic()
+    for i in range(0, 2000, 100):
+        for data in requests[i:i + 100]:
+            flooder.sendto(data, target)
+        time.sleep(0.04)
+    ping = Request(os.urandom(20), os.urandom(48), PING, request_args(PING))
+    other.sendto(encode_message(ping), target)
+    pongs = responses(other, 2.0)
+    answers = responses(flooder, 0.5)
+    elapsed = time.monotonic() - start
+    assert [(p.rpc_id, p.result) for p in pongs] == [(ping.rpc_id, PONG)]
+    assert burst <= len(answers) <= burst + rate * elapsed + 1
+    poll(lambda: app.metrics().get('appliance_dht_requests_dropped_total{reason="rate"}', 0) >= 1500, 10,
+         "the DHT process to count the dropped requests")
+    assert app.status()["dht"]["port"] == dht_port
+    flooder.close()
+    other.close()

@@ -77,16 +77,19 @@ def test_store_retries_once_with_a_fresh_token(nodes):
     assert announcer.cached_token(address) == holder.tokens.make("127.0.0.1")
 
 
-def test_a_contact_that_stops_answering_collects_failures(nodes):
+def test_a_contact_that_stops_answering_is_not_handed_out_then_leaves_the_table(nodes):
     node, other = nodes(), nodes()
     address = ("127.0.0.1", other.port)
     assert node.ping(address) == other.node_id
     assert node.routing.get(other.node_id).failures == 0
     other.stop()
-    for expected in (1, 2):
-        with pytest.raises(RpcTimeout):
-            node.ping(address, timeout=0.2)
-        assert node.routing.get(other.node_id).failures == expected
+    with pytest.raises(RpcTimeout):
+        node.ping(address, timeout=0.2)
+    assert node.routing.get(other.node_id).failures == 1  # kept, not handed out
+    assert node.routing.find_close(other.node_id) == []
+    with pytest.raises(RpcTimeout):
+        node.ping(address, timeout=0.2)
+    assert node.routing.get(other.node_id) is None  # second failure in a row: gone
 
 
 def test_hashes_are_reannounced_and_withdrawn(nodes):

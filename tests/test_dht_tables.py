@@ -4,7 +4,7 @@ import os
 from appliance.dht.addresses import usable
 from appliance.dht.messages import Peer
 from appliance.dht.peerstore import PeerStore
-from appliance.dht.routing import ID_SPACE, RoutingTable, distance
+from appliance.dht.routing import FAILED_TTL, ID_SPACE, MAX_FAILED, RoutingTable, distance
 from appliance.dht.tokens import TokenManager
 
 
@@ -48,31 +48,46 @@ def test_random_ids_fill_a_bounded_table():
     assert [c.node_id for c in table.find_close(own, 8)] == [c.node_id for c in ranked[:8]]
 
 
-def test_bad_contacts_are_replaced_and_never_handed_out():
+def test_a_contact_that_fails_is_not_handed_out_gives_way_to_a_replacement_and_leaves_at_its_second_failure():
     own = node_id(0)
     table = RoutingTable(own)
     far = [node_id(ID_SPACE // 2 + i) for i in range(9)]
     for i, nid in enumerate(far[:8]):
         assert table.add(nid, "127.0.0.1", 3000 + i)
     assert not table.add(far[8], "127.0.0.1", 3008)  # full, cannot split: kept as a replacement
-    for _ in range(2):
-        table.fail(far[0])
-    assert table.get(far[0]) is not None and table.get(far[8]) is None
-    table.fail(far[0])  # third failure: bad, the replacement takes its place
+    table.fail(("127.0.0.1", 3000))  # first failure, a replacement waits: it takes the place at once
     assert table.get(far[0]) is None and table.get(far[8]) is not None
-    for _ in range(3):
-        table.fail(far[1])  # bad, no replacement left: kept but never handed out
+    assert table.known_failed(("127.0.0.1", 3000)) and not table.known_failed(("127.0.0.1", 3001))
+    table.fail(("127.0.0.1", 3001))  # first failure, no replacement left: kept, but never handed out
+    assert table.get(far[1]).failures == 1
     assert far[1] not in [c.node_id for c in table.find_close(far[1], 8)]
-    assert table.add(node_id(ID_SPACE // 2 + 100), "127.0.0.1", 3100)  # a newcomer takes the bad one's place
-    assert table.get(far[1]) is None
+    assert far[1] in [c.node_id for c in table.find_close(far[1], 8, include_failed=True)]
+    assert [c.node_id for c in table.failed_contacts()] == [far[1]]
+    table.fail(("127.0.0.1", 3001))  # second failure in a row: gone
+    assert table.get(far[1]) is None and len(table) == 7
+    table.fail(("127.0.0.1", 3002))
+    assert table.add(node_id(ID_SPACE // 2 + 100), "127.0.0.1", 3100)  # room again for a newcomer
+    table.add(far[0], "127.0.0.1", 3000)  # it answered after all: no longer skipped
+    assert not table.known_failed(("127.0.0.1", 3000))
+
+
+def test_failed_addresses_are_forgotten_after_their_ttl_and_bounded():
+    now = [0.0]
+    table = RoutingTable(node_id(0), clock=lambda: now[0])
+    table.fail(("127.0.0.1", 1))  # not a contact: remembered all the same (other nodes may name it)
+    assert table.known_failed(("127.0.0.1", 1))
+    now[0] += FAILED_TTL
+    assert not table.known_failed(("127.0.0.1", 1))
+    for port in range(MAX_FAILED + 10):
+        table.fail(("127.0.0.2", port))
+    assert not table.known_failed(("127.0.0.2", 0)) and table.known_failed(("127.0.0.2", MAX_FAILED + 9))
 
 
 def test_an_answer_resets_failures_and_a_new_id_at_a_known_address_replaces_the_old():
     table = RoutingTable(node_id(0))
     a = node_id(ID_SPACE // 2)
     table.add(a, "127.0.0.1", 3000)
-    table.fail(a)
-    table.fail(a)
+    table.fail(("127.0.0.1", 3000))
     table.add(a, "127.0.0.1", 3000)
     assert table.get(a).failures == 0
     b = node_id(ID_SPACE // 2 + 1)

@@ -134,6 +134,26 @@ def _cluster_node(config, service, peer_port: int):
     return ClusterNode(settings, Database(settings.dsn), service.announce, service.withdraw, address)
 
 
+class _DatagramCounters:
+    """Carries the node's datagram counters (dropped over the rate, answers trimmed) into the metrics."""
+
+    def __init__(self, service):
+        from appliance import metrics
+
+        self.node = service.node
+        self.seen = {"rate_limited": 0, "trimmed": 0}
+        self.metrics = {"rate_limited": metrics.DHT_REQUESTS_DROPPED_TOTAL.labels(reason="rate"),
+                        "trimmed": metrics.DHT_ANSWERS_TRIMMED_TOTAL}
+
+    def update(self) -> None:
+        stats = self.node.datagram_stats()
+        for name, counter in self.metrics.items():
+            delta = stats.get(name, 0) - self.seen[name]
+            if delta > 0:
+                counter.inc(delta)
+                self.seen[name] += delta
+
+
 def main(ctx: ChildContext) -> int:
     from appliance.dht.service import DhtService
     from appliance.stores.compose import origin_kind
@@ -147,6 +167,8 @@ def main(ctx: ChildContext) -> int:
                              seeds=config.dht_seeds, peer_port=peer_port,
                              external_ip=config.dht_external_ip or None,
                              address_policy=config.dht_address_policy,
+                             rate_limit=config.dht_rate_limit or None, rate_burst=config.dht_rate_burst,
+                             max_amplification=config.dht_max_amplification or None,
                              # SDK downloaders ping a peer on UDP <its TCP peer port> before using it
                              answer_on_peer_port=True)
     except ValueError as exc:
@@ -206,6 +228,7 @@ def main(ctx: ChildContext) -> int:
     server = StreamServer(listener, handle)
     server.start()
 
+    counted = _DatagramCounters(service)
     stop = Event()
     handlers = [gevent.signal_handler(s, stop.set) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)]
     handlers.append(gevent.signal_handler(signal.SIGUSR1, logs.reopen))
@@ -217,6 +240,7 @@ def main(ctx: ChildContext) -> int:
         if cluster is not None:
             posted["cluster"] = cluster.status()
         ctx.post(READY, {"dht": posted})
+        counted.update()
         stop.wait(1.0)
     ctx.post(STOPPING)
     server.stop(timeout=1)

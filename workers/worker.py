@@ -16,6 +16,7 @@ import gevent
 from gevent.event import Event
 
 from appliance import ipc, logs, metrics, misses
+from appliance.config import worker_count
 from appliance.scoreboard import READY, STOPPING
 from appliance.stores.compose import CompositionError, build_origin, disk_cache_specs
 from appliance.stores.disk import DiskStore
@@ -171,6 +172,13 @@ def _memory_dropper(store: TieredStore, mem_cache: int):
     return drop
 
 
+def _per_worker_share(total: int, workers: int) -> int:
+    """A worker's part of the per-IP connection cap. Each worker counts only its own connections (no
+    shared counter to lock across processes); SO_REUSEPORT spreads a client's connections evenly over the
+    workers, so a client reaches about `total` in all. 0 stays 0 (no cap)."""
+    return -(-total // max(workers, 1)) if total > 0 else 0
+
+
 def main(ctx: ChildContext) -> int:
     config = ctx.config
     misses.share(ctx.runtime_dir)  # before any server builds its misses cache
@@ -181,6 +189,7 @@ def main(ctx: ChildContext) -> int:
         from appliance.servers.receiver import ReceiverServer
 
         servers.append(ReceiverServer(receiver, store, underlying, timeout=config.upload_timeout,
+                                      idle_timeout=config.upload_idle_timeout,
                                       blocked=blocklist.is_blocked if blocklist is not None else None))
     peer = ctx.listener("tcp_peer")
     if peer is not None:
@@ -194,6 +203,9 @@ def main(ctx: ChildContext) -> int:
         servers.append(HttpServer(http, store, edge_token=config.upstream_edge_token,
                                   queue_size=config.request_queue_size, protected=protected,
                                   draining=lambda: ctx.scoreboard.draining))
+    per_ip = _per_worker_share(config.max_connections_per_ip, worker_count(config))
+    for server in servers:
+        server.max_per_ip = per_ip
     drainer = gevent.spawn(follow_drain, ctx.scoreboard, [s for s in servers if s.name != "http"])
     for server in servers:
         if server.name == "http":

@@ -5,6 +5,13 @@ and a freed slot goes to the closest candidate not asked yet. A findNode lookup 
 candidates that did not fail have all answered. A findValue lookup goes just as far, so that it
 collects the peers every one of those nodes holds (and their further pages), not only the first
 node's: two announcers need not have reached exactly the same K nodes.
+
+Dead contacts do not hold a lookup up. Contacts that failed to answer us before are not asked (the
+routing table remembers them, also when other nodes still name them). A request unanswered after
+STALL_AFTER seconds stops counting: its slot goes to the next candidate, and it no longer keeps the
+lookup open once another node has answered (its answer is still used if it comes while the lookup
+runs, and its timeout still marks the contact failed). So a lookup right after some of its nodes died
+costs about STALL_AFTER, not an RPC timeout per dead node.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ if TYPE_CHECKING:
 
 MAX_QUERIES = 200  # a lookup never sends more requests than this, whatever the answers say
 MAX_PAGES = 16
+STALL_AFTER = 1.0  # seconds; far above a DHT round trip, below the 5 s RPC timeout (the SDK moves on after 2.5 s)
 
 
 @dataclass
@@ -46,18 +54,25 @@ class _Lookup:
         self.candidates: dict[bytes, ContactTriple] = {}
         self.queried: set[bytes] = set()
         self.failed: set[bytes] = set()
+        self.stalled: set[PendingCall] = set()
         self.answered: dict[bytes, ContactTriple] = {}
-        self.inflight: dict[PendingCall, tuple[ContactTriple, int]] = {}
+        self.inflight: dict[PendingCall, tuple[ContactTriple, int, float]] = {}  # contact, page, stall time
+        self.stall_after = min(STALL_AFTER, node.rpc.rpc_timeout)
         self.replies: queue.Queue[PendingCall] = queue.Queue()
         self.peers: dict[tuple[str, int, bytes], Peer] = {}
         self.sent = 0
-        for c in node.routing.find_close(key, node.k):
-            self._consider(c.triple())
+        # Contacts that failed are skipped, unless nothing else is left (say, after our own network was
+        # down for a while): then they are all we have.
+        seeds = node.routing.find_close(key, node.k) or node.routing.find_close(key, node.k, include_failed=True)
+        for c in seeds:
+            self._consider(c.triple(), trust=True)
         for c in extra or []:
             self._consider(c)
 
-    def _consider(self, contact: ContactTriple) -> None:
+    def _consider(self, contact: ContactTriple, trust: bool = False) -> None:
         if contact.node_id == self.node.node_id or contact.node_id in self.candidates:
+            return
+        if not trust and self.node.routing.known_failed((contact.ip, contact.udp_port)):
             return
         if self.node.usable(contact.ip, contact.udp_port):
             self.candidates[contact.node_id] = contact
@@ -67,17 +82,21 @@ class _Lookup:
 
     def run(self) -> LookupResult:
         while True:
+            now = self.node.clock()
+            self.stalled.update(c for c, (_, _, stall) in self.inflight.items() if stall <= now)
             self._launch()
-            if not self.inflight:
-                break
+            if len(self.inflight) == len(self.stalled) and (not self.inflight or self.answered):
+                break  # only stalled requests are left, and somebody answered: do not wait for them
             self._wait_one()
         closest = sorted(self.answered.values(), key=self._distance)[:self.node.k]
         return LookupResult(closest, list(self.peers.values()))
 
     def _launch(self) -> None:
-        live = sorted((c for c in self.candidates.values() if c.node_id not in self.failed), key=self._distance)
+        slow = {self.inflight[call][0].node_id for call in self.stalled}
+        live = sorted((c for c in self.candidates.values() if c.node_id not in self.failed and c.node_id not in slow),
+                      key=self._distance)
         for contact in live[:self.node.k]:
-            if len(self.inflight) >= self.node.alpha or self.sent >= MAX_QUERIES:
+            if len(self.inflight) - len(self.stalled) >= self.node.alpha or self.sent >= MAX_QUERIES:
                 return
             if contact.node_id in self.queried:
                 continue
@@ -88,18 +107,20 @@ class _Lookup:
         self.sent += 1
         call = self.node.start_find((contact.ip, contact.udp_port), self.key, self.value, page,
                                     callback=self.replies.put)
-        self.inflight[call] = (contact, page)
+        self.inflight[call] = (contact, page, self.node.clock() + self.stall_after)
 
     def _wait_one(self) -> None:
-        deadline = min(call.deadline for call in self.inflight)
+        wake = min(call.deadline if call in self.stalled else stall for call, (_, _, stall) in self.inflight.items())
         try:
-            call = self.replies.get(timeout=max(deadline - self.node.clock(), 0) + 0.05)
+            call = self.replies.get(timeout=max(wake - self.node.clock(), 0) + 0.01)
         except queue.Empty:
+            now = self.node.clock()
             # The socket's sweep expires calls too; this covers a receive thread that is busy.
-            for call in [c for c in self.inflight if c.deadline <= self.node.clock()]:
+            for call in [c for c in self.inflight if c.deadline <= now]:
                 self.node.rpc.expire(call)
             return
-        contact, page = self.inflight.pop(call)  # every call completes exactly once
+        self.stalled.discard(call)
+        contact, page, _ = self.inflight.pop(call)  # every call completes exactly once
         if call.error is not None:
             self.failed.add(contact.node_id)
             return

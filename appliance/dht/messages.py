@@ -152,6 +152,24 @@ def encode_message(msg: Message) -> bytes:
     return data
 
 
+
+def encode_within(msg: Message, max_bytes: int) -> tuple[bytes, int]:
+    """Encode a reply in at most `max_bytes` if shedding contacts (the furthest first) can make it fit;
+    returns the datagram and how many contacts were shed. A findValue answer's token and peers are never
+    shed, so such an answer may stay larger than `max_bytes` (it is at most 1400 bytes all the same)."""
+    data = encode_message(msg)
+    if len(data) <= max_bytes or not isinstance(msg, Response):
+        return data, 0
+    result = msg.result
+    contacts = result.get(CONTACTS_KEY) if isinstance(result, dict) else result
+    if not isinstance(contacts, list) or not contacts:
+        return data, 0
+    excess, kept = len(data) - max_bytes, list(contacts)
+    while kept and excess > 0:
+        excess -= len(bencode.encode(kept.pop()))
+    result = {**result, CONTACTS_KEY: kept} if isinstance(result, dict) else kept
+    return encode_message(Response(msg.rpc_id, msg.node_id, result)), len(contacts) - len(kept)
+
 # --- request arguments ---------------------------------------------------------------------------------
 
 def request_args(method: bytes, *positional: Any, page: int | None = None) -> list:

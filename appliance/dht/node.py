@@ -2,8 +2,13 @@
 
 Contacts enter the routing table only by answering one of our requests (as SDK nodes do); a request
 from a node we do not know gets a ping back, so nodes that contact us end up in our table once they
-prove reachable. A maintenance thread rotates the token secret, expires stored peers and refreshes
-buckets nobody touched for an hour.
+prove reachable. A maintenance thread rotates the token secret, expires stored peers, pings again
+the contacts that failed to answer (an answer restores them, a second failure removes them) and
+refreshes buckets nobody touched for an hour.
+
+`rate_limit` (requests a second per source IP, with bursts of `rate_burst`) and `max_amplification`
+(the largest answer as a multiple of its request) bound what one source can get out of us; see
+RpcSocket. None turns either off.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ from appliance.dht.messages import (
 )
 from appliance.dht.peerstore import DATA_EXPIRATION, PeerStore
 from appliance.dht.protocol import PendingCall, RpcError, RpcSocket
+from appliance.dht.ratelimit import SourceLimiter
 from appliance.dht.routing import RoutingTable
 from appliance.dht.tokens import ROTATE_INTERVAL, TokenManager
 
@@ -79,7 +85,9 @@ class Node:
                  rpc_timeout: float = 5.0, address_policy: str = "any", peer_ttl: float = DATA_EXPIRATION,
                  max_peers: int = 100_000, max_peers_per_key: int = 128, max_pending: int = 2048,
                  token_interval: float = ROTATE_INTERVAL, refresh_interval: float = REFRESH_INTERVAL,
-                 maintenance_interval: float = MAINTENANCE_INTERVAL, clock: Callable[[], float] = time.monotonic):
+                 maintenance_interval: float = MAINTENANCE_INTERVAL, rate_limit: float | None = None,
+                 rate_burst: float | None = None, max_amplification: float | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         if address_policy not in addresses.POLICIES:
             raise ValueError(f"unknown address policy {address_policy!r}")
         self.node_id = parse_node_id(node_id)
@@ -97,9 +105,12 @@ class Node:
         self.handler = RequestHandler(self.node_id, self.routing, self.peers, self.tokens, k=k,
                                       address_policy=address_policy, self_peer=self.self_peer,
                                       holds=self.held.__contains__)
+        # One limiter for all our sockets: a source is limited per IP, whichever of our ports it sends to.
+        self.limiter = SourceLimiter(rate_limit, rate_burst or rate_limit, clock=clock) if rate_limit else None
+        self.max_amplification = max_amplification
         self.rpc = RpcSocket(self.node_id, bind, self._on_request, on_reply=self._on_reply,
                              on_timeout=self._on_timeout, rpc_timeout=rpc_timeout, max_pending=max_pending,
-                             clock=clock)
+                             limiter=self.limiter, max_amplification=max_amplification, clock=clock)
         self._lock = threading.Lock()
         self._pinged_back: OrderedDict[tuple[str, int], float] = OrderedDict()
         self._token_cache: OrderedDict[tuple[str, int], tuple[bytes, float]] = OrderedDict()
@@ -123,7 +134,8 @@ class Node:
         must answer there.
         """
         extra = RpcSocket(self.node_id, (self.rpc.bind[0], port), self._on_request, rpc_timeout=self.rpc.rpc_timeout,
-                          max_pending=1, clock=self.clock)
+                          max_pending=1, limiter=self.limiter, max_amplification=self.max_amplification,
+                          clock=self.clock)
         extra.start()
         self._also.append(extra)
         return extra.port
@@ -162,9 +174,7 @@ class Node:
             self.routing.add(message.node_id, *address)
 
     def _on_timeout(self, call: PendingCall) -> None:
-        contact_id = self.routing.at(call.address)
-        if contact_id is not None:
-            self.routing.fail(contact_id)
+        self.routing.fail(call.address)
 
     def _maybe_ping_back(self, node_id: bytes, address: tuple[str, int]) -> None:
         """Ping an unknown sender once in a while: its pong puts it in the routing table."""
@@ -259,9 +269,13 @@ class Node:
                 log.exception("DHT maintenance failed")
 
     def maintain_once(self) -> None:
-        """Rotate the token secret when due, expire stored peers, refresh stale buckets."""
+        """Rotate the token secret when due, expire stored peers, recheck failed contacts, refresh stale
+        buckets."""
         self.tokens.maybe_rotate()
         self.peers.expire()
+        for contact in self.routing.failed_contacts():
+            # the answer (on_reply) restores it; a timeout (on_timeout) removes it
+            self.rpc.start_call(contact.address, PING, request_args(PING))
         if len(self.routing) == 0:
             return
         for target in self.routing.stale_ranges(self.refresh_interval):
@@ -273,5 +287,13 @@ class Node:
         return {"node_id": self.node_id.hex(), "port": self.port, "external_ip": self.external_ip,
                 "peer_port": self.peer_port, "contacts": len(self.routing), "buckets": self.routing.bucket_count,
                 "stored_peers": len(self.peers), "stored_keys": self.peers.key_count(),
-                "pending_rpcs": self.rpc.pending_count(), "datagrams": dict(self.rpc.stats)}
+                "pending_rpcs": self.rpc.pending_count(), "datagrams": self.datagram_stats()}
+
+    def datagram_stats(self) -> dict:
+        """The datagram counters of all our sockets, summed."""
+        total = dict(self.rpc.stats)
+        for extra in self._also:
+            for name, value in extra.stats.items():
+                total[name] = total.get(name, 0) + value
+        return total
 

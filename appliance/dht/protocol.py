@@ -4,6 +4,9 @@ Written with stdlib sockets and threading only, so it runs in plain threads (CLI
 gevent's monkey-patching (the appliance's DHT process) alike. Hostile input is cheap to survive:
 datagrams over 1400 bytes or not parsing as a DHT message are counted and dropped, the table of
 outstanding RPCs is bounded, and a reply is accepted only from the IP address the request went to.
+Requests beyond a source IP's rate are dropped unanswered (`limiter`), and an answer is never more
+than `max_amplification` times the size of its request unless it carries a findValue's token and
+peers: contacts are shed to make it fit.
 """
 from __future__ import annotations
 
@@ -18,18 +21,22 @@ from typing import Any
 
 from appliance.dht.messages import (
     MAX_DATAGRAM,
+    DatagramTooLarge,
     ErrorReply,
     Message,
     Request,
     Response,
     decode_message,
     encode_message,
+    encode_within,
 )
+from appliance.dht.ratelimit import SourceLimiter
 
 log = logging.getLogger("dht")
 
 RPC_TIMEOUT = 5.0
 MAX_PENDING = 2048
+RECEIVE_BUFFER = 1 << 20
 _POLL = 0.2  # the receive loop wakes at least this often to expire RPCs and notice stop()
 
 
@@ -81,13 +88,16 @@ class PendingCall:
 
 class RpcSocket:
     """handle_request(request, address) returns the reply to send or None. on_reply(message, address) is
-    told of every reply that matched one of our requests; on_timeout(call) of every request that expired."""
+    told of every reply that matched one of our requests; on_timeout(call) of every request that expired.
+    limiter: the per-source request limit (None: none); max_amplification: the largest answer, as a
+    multiple of its request's size (None: only the 1400-byte datagram limit)."""
 
     def __init__(self, node_id: bytes, bind: tuple[str, int],
                  handle_request: Callable[[Request, tuple[str, int]], Message | None], *,
                  on_reply: Callable[[Response | ErrorReply, tuple[str, int]], None] | None = None,
                  on_timeout: Callable[[PendingCall], None] | None = None,
                  rpc_timeout: float = RPC_TIMEOUT, max_pending: int = MAX_PENDING,
+                 limiter: SourceLimiter | None = None, max_amplification: float | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.node_id = node_id
         self.bind = bind
@@ -97,8 +107,12 @@ class RpcSocket:
         self.rpc_timeout = rpc_timeout
         self.max_pending = max_pending
         self.clock = clock
+        self.limiter = limiter
+        self.max_amplification = max_amplification
+        # rate_limited: requests dropped for their source's rate; trimmed: answers shed of contacts to stay
+        # within max_amplification
         self.stats = {"received": 0, "sent": 0, "oversized": 0, "malformed": 0, "unmatched": 0, "timeouts": 0,
-                      "errors": 0}
+                      "errors": 0, "rate_limited": 0, "trimmed": 0}
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -111,6 +125,8 @@ class RpcSocket:
     def start(self) -> None:
         """Bind the UDP socket (OSError if the port is taken) and start the receive thread."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # Room for a burst while the receive thread is busy (the kernel caps it at net.core.rmem_max).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         try:
             sock.bind(self.bind)
         except OSError:
@@ -233,9 +249,12 @@ class RpcSocket:
             self.stats["malformed"] += 1
             return
         if isinstance(message, Request):
+            if self.limiter is not None and not self.limiter.allow(address[0]):
+                self.stats["rate_limited"] += 1
+                return
             reply = self.handle_request(message, address)
             if reply is not None:
-                self.send(reply, address)
+                self._answer(reply, address, len(data))
             return
         with self._lock:
             call = self._pending.get(message.rpc_id)
@@ -251,6 +270,25 @@ class RpcSocket:
         else:
             self.stats["errors"] += 1
             self._complete(call, error=RemoteError(message.exc_type, message.message))
+
+    def _answer(self, reply: Message, address: tuple[str, int], request_size: int) -> None:
+        """Send an answer, within the amplification ceiling when one is set."""
+        if self._sock is None or self._stopping.is_set():
+            return
+        limit = MAX_DATAGRAM if self.max_amplification is None else int(request_size * self.max_amplification)
+        try:
+            data, shed = encode_within(reply, min(limit, MAX_DATAGRAM))
+        except (DatagramTooLarge, ValueError) as exc:
+            log.debug("cannot answer %s:%s: %s", address[0], address[1], exc)
+            return
+        if shed:
+            self.stats["trimmed"] += 1  # counted before it leaves: whoever receives it sees the count
+        try:
+            self._sock.sendto(data, address)
+        except OSError as exc:
+            log.debug("cannot answer %s:%s: %s", address[0], address[1], exc)
+            return
+        self.stats["sent"] += 1
 
     def _sweep(self) -> None:
         now = self.clock()

@@ -2,15 +2,22 @@
 
 Buckets cover contiguous id ranges. A full bucket splits when it holds our own id, or when the newcomer
 is closer to us than our K-th closest contact (the SDK's rule); otherwise the newcomer takes the place
-of a bad contact (3 failed RPCs in a row), or waits in the bucket's bounded replacement cache until one
-goes bad. Bad contacts are never handed out. Size is bounded: at most 384 buckets of K contacts and K
-replacements each.
+of a contact that failed to answer, or waits in the bucket's bounded replacement cache until one fails.
+
+A contact that failed to answer an RPC is not handed out (in findNode answers or to our own lookups)
+until it answers again; it gives its place to a replacement at once when there is one, and leaves the
+table at its second failure in a row. The LBRY SDK removes a contact at its first failure (its
+`peer_is_good` is False once an RPC failed after the last reply); we keep it one more round, not handed
+out, so that one lost datagram does not cost a good contact. The addresses that failed are remembered
+(bounded, for FAILED_TTL) so that lookups skip them when other nodes still name them. Size is bounded:
+at most 384 buckets of K contacts and K replacements each.
 """
 from __future__ import annotations
 
 import random
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,7 +25,9 @@ from appliance.dht.messages import NODE_ID_LEN, ContactTriple
 
 ID_BITS = NODE_ID_LEN * 8
 ID_SPACE = 1 << ID_BITS
-BAD_AFTER = 3
+BAD_AFTER = 2  # failed RPCs in a row after which a contact leaves the table
+FAILED_TTL = 720.0  # how long a failed address is skipped unless it answers (the SDK: CHECK_REFRESH_INTERVAL)
+MAX_FAILED = 4096
 
 
 def id_int(node_id: bytes) -> int:
@@ -49,8 +58,9 @@ class Contact:
         return (self.ip, self.udp_port)
 
     @property
-    def bad(self) -> bool:
-        return self.failures >= BAD_AFTER
+    def failed(self) -> bool:
+        """It did not answer our last RPC: not handed out until it answers again."""
+        return self.failures > 0
 
     def triple(self) -> ContactTriple:
         return ContactTriple(self.node_id, self.ip, self.udp_port)
@@ -85,6 +95,7 @@ class RoutingTable:
         self._lock = threading.RLock()
         self._buckets = [KBucket(0, ID_SPACE, last_updated=clock())]
         self._by_address: dict[tuple[str, int], bytes] = {}
+        self._failed: OrderedDict[tuple[str, int], float] = OrderedDict()  # address -> when it last failed
 
     # --- queries ---------------------------------------------------------------------------------------
 
@@ -110,13 +121,32 @@ class RoutingTable:
         with self._lock:
             return [c for b in self._buckets for c in b.contacts]
 
-    def find_close(self, key: bytes, count: int | None = None, exclude: bytes | None = None) -> list[Contact]:
-        """The `count` (default K) good contacts closest to `key`, closest first, without `exclude`."""
+    def find_close(self, key: bytes, count: int | None = None, exclude: bytes | None = None,
+                   include_failed: bool = False) -> list[Contact]:
+        """The `count` (default K) contacts closest to `key`, closest first, without `exclude` and, unless
+        `include_failed`, without those that failed to answer."""
         target = id_int(key)
         with self._lock:
-            candidates = [c for b in self._buckets for c in b.contacts if not c.bad and c.node_id != exclude]
+            candidates = [c for b in self._buckets for c in b.contacts
+                          if (include_failed or not c.failed) and c.node_id != exclude]
         candidates.sort(key=lambda c: c.key ^ target)
         return candidates[:count or self.k]
+
+    def failed_contacts(self) -> list[Contact]:
+        """Contacts that failed their last RPC and are still in the table (to be checked again)."""
+        with self._lock:
+            return [c for b in self._buckets for c in b.contacts if c.failed]
+
+    def known_failed(self, address: tuple[str, int]) -> bool:
+        """Whether an RPC to this address failed within FAILED_TTL and it has not answered since."""
+        with self._lock:
+            when = self._failed.get(address)
+            if when is None:
+                return False
+            if self._clock() - when < FAILED_TTL:
+                return True
+            del self._failed[address]
+            return False
 
     def stale_ranges(self, older_than: float) -> list[bytes]:
         """A random id inside each bucket not updated for `older_than` seconds (to refresh with a lookup)."""
@@ -140,6 +170,7 @@ class RoutingTable:
         now = self._clock()
         key = id_int(node_id)
         with self._lock:
+            self._failed.pop((ip, udp_port), None)
             previous = self._by_address.get((ip, udp_port))
             if previous is not None and previous != node_id:
                 self._remove(previous)  # the node at this address restarted with a new id
@@ -160,7 +191,7 @@ class RoutingTable:
                 if self._should_split(bucket, key):
                     self._split(bucket)
                     continue
-                bad = next((c for c in bucket.contacts if c.bad), None)
+                bad = next((c for c in bucket.contacts if c.failed), None)
                 if bad is not None:
                     self._drop(bucket, bad)
                     self._insert(bucket, Contact(node_id, ip, udp_port, now), now)
@@ -176,17 +207,27 @@ class RoutingTable:
                 return False
             return self.add(node_id, ip, udp_port)
 
-    def fail(self, node_id: bytes) -> None:
-        """An RPC to this contact timed out; a bad contact gives its place to the latest replacement."""
+    def fail(self, address: tuple[str, int]) -> None:
+        """An RPC to this address timed out: remember it, and a contact there stops being handed out; it
+        gives its place to the latest replacement, or leaves the table at its BAD_AFTER-th failure."""
         with self._lock:
+            self._failed[address] = self._clock()
+            self._failed.move_to_end(address)
+            while len(self._failed) > MAX_FAILED:
+                self._failed.popitem(last=False)
+            node_id = self._by_address.get(address)
+            if node_id is None:
+                return
             bucket = self._bucket_for(id_int(node_id))
             contact = bucket.find(node_id)
             if contact is None:
                 return
             contact.failures += 1
-            if contact.bad and bucket.replacements:
+            if bucket.replacements:
                 self._drop(bucket, contact)
                 self._insert(bucket, bucket.replacements.pop(), self._clock())
+            elif contact.failures >= BAD_AFTER:
+                self._drop(bucket, contact)
 
     def remove(self, node_id: bytes) -> None:
         with self._lock:

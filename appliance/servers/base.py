@@ -7,6 +7,10 @@ So stopping never closes it: the server accepts from a duplicate of the descript
     server.stop_accepting()             # graceful stop, step 1
     server.wait_idle(graceful_timeout)  # step 2: True once no connection is mid-request
     server.close_connections()          # step 3 (alone: fast stop)
+
+`max_per_ip` caps the connections one client IP holds open on this server (0: no cap). It counts in
+this process only: the appliance gives each worker its share of the configured total (see
+workers/worker.py), and SO_REUSEPORT spreads one client's connections over the workers.
 """
 from __future__ import annotations
 
@@ -56,6 +60,8 @@ class GeventServer:
     """
 
     name = "server"
+    max_per_ip = 0  # open connections one client IP may hold on this server; 0 = no cap
+    refusal = b""  # sent to a connection refused by the cap before it is closed (e.g. an HTTP 503)
 
     def __init__(self, listener: socket.socket):
         self.listener = listener
@@ -69,6 +75,8 @@ class GeventServer:
         self._fresh: set = set()  # connections that have not started their first request
         self._server: StreamServer | None = None
         self._gauge = metrics.CONNECTIONS.labels(server=self.name)
+        self._per_ip: dict[str, int] = {}  # open connections by client IP, while max_per_ip is set
+        self._over_cap = metrics.CONNECTIONS_CLOSED_TOTAL.labels(server=self.name, reason="per_ip_cap")
         self.busy = _Busy(self)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
@@ -159,6 +167,13 @@ class GeventServer:
 
     # -- per connection -----------------------------------------------------------------------------------
     def _serve(self, sock, address) -> None:
+        ip = address[0] if self.max_per_ip else None
+        if ip is not None:
+            held = self._per_ip.get(ip, 0)
+            if held >= self.max_per_ip:
+                self._refuse_over_cap(sock)
+                return
+            self._per_ip[ip] = held + 1
         current = gevent.getcurrent()
         self._sockets[current] = sock
         self._fresh.add(sock)
@@ -174,6 +189,21 @@ class GeventServer:
             self._sockets.pop(current, None)
             self._fresh.discard(sock)
             _close_quietly(sock)
+            if ip is not None:
+                left = self._per_ip.pop(ip) - 1
+                if left:
+                    self._per_ip[ip] = left
+
+    def _refuse_over_cap(self, sock) -> None:
+        """A connection over the per-IP cap: counted, told so if the protocol has a way, and closed."""
+        self._over_cap.inc()
+        if self.refusal:
+            try:
+                sock.settimeout(1.0)
+                sock.sendall(self.refusal)
+            except OSError:
+                pass
+        _close_quietly(sock)
 
     def handle(self, sock, address) -> None:
         raise NotImplementedError

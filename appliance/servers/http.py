@@ -61,6 +61,8 @@ class _Date:
 
 class HttpServer(GeventServer):
     name = "http"
+    refusal = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 39\r\n"
+               b"Connection: close\r\n\r\ntoo many connections from your address\n")
 
     def __init__(self, listener, store, *, edge_token: str = "", queue_size: int = 200, protected=None,
                  idle_timeout: float = 60.0, header_timeout: float = 10.0, send_timeout: float = 60.0,

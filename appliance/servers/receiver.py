@@ -41,12 +41,14 @@ class ReceiverServer(GeventServer):
 
     name = "receiver"
 
-    def __init__(self, listener, store, underlying, *, timeout: float = 180.0, blocked=None,
-                 disable_uploads: bool = False):
+    def __init__(self, listener, store, underlying, *, timeout: float = 180.0, idle_timeout: float = 60.0,
+                 blocked=None, disable_uploads: bool = False):
         super().__init__(listener)
         self.store = store
         self.underlying = underlying
         self.timeout = timeout
+        self.idle_timeout = min(idle_timeout, timeout)
+        self._idle_closed = metrics.CONNECTIONS_CLOSED_TOTAL.labels(server=self.name, reason="idle")
         self.blocked = blocked
         self.disable_uploads = disable_uploads
 
@@ -119,14 +121,25 @@ class ReceiverServer(GeventServer):
 
     # -- socket helpers -----------------------------------------------------------------------------------
     def _read_json(self, sock, framer: JsonFramer) -> dict:
-        """The next message; each must arrive whole within `timeout` (reflector.go's per-read deadline)."""
-        deadline = time.monotonic() + self.timeout
+        """The next message: its first byte within `idle_timeout` (after connecting, between messages), then
+        the whole of it within `timeout` (reflector.go's per-read deadline)."""
+        deadline = None
         while True:
             obj = framer.next_json()
             if obj is not None:
                 return obj
-            sock.settimeout(_remaining(deadline))
-            chunk = sock.recv(65536)
+            if deadline is None and framer.buffered():
+                deadline = time.monotonic() + self.timeout
+            if deadline is None:
+                sock.settimeout(self.idle_timeout)
+                try:
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    self._idle_closed.inc()
+                    raise
+            else:
+                sock.settimeout(_remaining(deadline))
+                chunk = sock.recv(65536)
             if not chunk:
                 framer.finish()  # raises when the stream ended inside a message
                 raise _Closed()

@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--header-timeout", type=float, default=10.0)
     parser.add_argument("--send-timeout", type=float, default=60.0)
     parser.add_argument("--queue-size", type=int, default=200)
+    parser.add_argument("--max-per-ip", type=int, default=0,
+                        help="open connections per client IP and port in each process (0 = no cap)")
     parser.add_argument("--disable-uploads", action="store_true")
     parser.add_argument("--blocked", action="append", default=[], metavar="SD_HASH", help="refuse this stream")
     parser.add_argument("--print-metrics", action="store_true", help="print this process's metrics on exit")
@@ -160,6 +162,7 @@ def _run(args, sockets: dict) -> None:
         from appliance.servers.receiver import ReceiverServer
 
         servers.append(ReceiverServer(sockets["receiver"], store, store, timeout=args.upload_timeout,
+                                      idle_timeout=args.idle_timeout,
                                       blocked=set(args.blocked).__contains__ if args.blocked else None,
                                       disable_uploads=args.disable_uploads))
     if "peer" in sockets:
@@ -173,6 +176,8 @@ def _run(args, sockets: dict) -> None:
         servers.append(HttpServer(sockets["http"], store, edge_token=args.edge_token, queue_size=args.queue_size,
                                   protected=protected, idle_timeout=args.idle_timeout,
                                   header_timeout=args.header_timeout, send_timeout=args.send_timeout))
+    for server in servers:
+        server.max_per_ip = args.max_per_ip
     serve(servers)
 
 
