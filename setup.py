@@ -24,7 +24,7 @@ setup(
         "msgpack>=1.0",
         "cryptography>=42",
         "tqdm>=4.66",
-        "aioquic>=1.2",
+        "qh3>=2.1,<3",
     ],
     extras_require={
         "test": [

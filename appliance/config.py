@@ -103,6 +103,8 @@ SETTINGS: list[Setting] = [
     S("disable_http3", "bool", False, "do not run the HTTP/3 server", "http3"),
     S("http3_cert", "str", "", "TLS certificate (PEM) for HTTP/3; empty = self-signed in state_dir", "http3"),
     S("http3_key", "str", "", "TLS private key (PEM) for HTTP/3", "http3", secret=True),
+    S("http3_processes", "int", 0, "HTTP/3 processes sharing the UDP port with SO_REUSEPORT (0 = number of cores)",
+      "http3"),
     # --- DHT ------------------------------------------------------------------------------------------
     S("disable_dht", "bool", False, "do not run the DHT node", "dht"),
     S("dht_port", "int", 4444, "DHT UDP port", "dht"),

@@ -249,13 +249,13 @@ def test_garbage_datagrams_and_abandoned_handshakes_do_not_disturb_service(blobs
             for datagram, to in quic.datagrams_to_send(now=time.monotonic()):
                 sock.sendto(datagram, to)
             abandoned.append(sock)
-        wait_for(lambda: len(srv.call(lambda: set(srv.server._protocols.values()))) >= 25, 5,
+        wait_for(lambda: len(srv.call(lambda: set(srv.service.open_connections))) >= 25, 5,
                  "the server to hold the half-open handshakes")
         with H3Probe(srv.port) as probe:
             assert probe.request(f"/get/{h}")[::2] == (200, data[h])
             assert probe.request(f"/has/{h}")[0] == 200
         # Half-open connections are held only until the handshake timeout, not the 20 s idle timeout.
-        wait_for(lambda: not srv.call(lambda: set(srv.server._protocols.values())), 10,
+        wait_for(lambda: not srv.call(lambda: set(srv.service.open_connections)), 10,
                  "the abandoned handshakes to be dropped")
         with H3Probe(srv.port) as probe:
             assert probe.request(f"/get/{h}")[::2] == (200, data[h])

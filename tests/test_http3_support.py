@@ -163,7 +163,9 @@ class ServerThread:
         async def boot():
             self.service = BlobService(self.store, **self.service_kwargs)
             config = server_configuration(self.cert.certificate, self.cert.private_key)
-            self.server = await start_server("127.0.0.1", self.port, config, self.service)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("127.0.0.1", self.port))
+            self.server = await start_server(sock, config, self.service)
 
         def run():
             asyncio.set_event_loop(self.loop)
@@ -203,7 +205,7 @@ class ServerThread:
             return
 
         def halt():
-            self.server._transport.close()
+            self.server.drop()
             self.service.shutdown_pools()
             for task in list(self.service._tasks):
                 task.cancel()
