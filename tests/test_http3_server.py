@@ -188,9 +188,15 @@ def test_gets_beyond_the_waiting_limit_get_503(blobs, tmp_path, monkeypatch):
 
 
 def test_a_client_that_stops_reading_loses_its_slot_after_the_send_timeout(blobs, tmp_path):
-    store, data = blobs
-    big = next(h for h, p in data.items() if len(p) > 1_000_000)
-    with ServerThread(store, str(tmp_path), queue_size=1, send_timeout=1.0) as srv:
+    _, data = blobs
+    # Larger than a first congestion window, so a client that never acknowledges cannot be sent all of it;
+    # small enough that the next client takes it well within the send timeout on a loaded machine.
+    payload = os.urandom(300_000)
+    big = blob_hash(payload)
+    store = DiskStore(str(tmp_path / "stall"))
+    store.put(big, payload)
+    data = {big: payload}
+    with ServerThread(store, str(tmp_path), queue_size=1, send_timeout=2.0) as srv:
         stalled = H3Probe(srv.port)
         stream_id = stalled.quic.get_next_available_stream_id()
         stalled.h3.send_headers(stream_id, [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"x"),
@@ -202,7 +208,7 @@ def test_a_client_that_stops_reading_loses_its_slot_after_the_send_timeout(blobs
         with H3Probe(srv.port) as probe:
             status, _, body = probe.request(f"/get/{big}")
         assert status == 200 and body == data[big]
-        assert time.monotonic() - started >= 0.5  # it had to wait for the stalled client's slot
+        assert time.monotonic() - started >= 1.0  # it had to wait for the stalled client's slot
         stalled.sock.close()
 
 

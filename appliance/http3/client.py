@@ -86,9 +86,23 @@ class H3ClientProtocol(QuicConnectionProtocol):
         self.transport = transport
 
     def datagrams_received(self, data: list[bytes], addr: Address) -> None:
-        """A batch from QuicDatagramTransport: qh3 feeds them all to the connection, then transmits once."""
-        self.last_received = self.loop.time()
-        super().datagrams_received(data, addr)
+        """A batch from QuicDatagramTransport: all fed to the connection, then one pass over events and one transmit."""
+        self.last_received = now = self.loop.time()
+        self.quic.receive_many_datagrams(data, addr, now=now)
+        self._after_receive()
+
+    def coalesced_received(self, buffer: bytes, segment_size: int, addr: Address) -> None:
+        """A GRO read (datagrams of `segment_size` back to back): the QUIC core splits it, not Python."""
+        self.last_received = now = self.loop.time()
+        self.quic.receive_gro_buffer(buffer, segment_size, addr, now=now)
+        self._after_receive()
+
+    def _after_receive(self) -> None:
+        # The client needs none of the base class's event bookkeeping (its waiters are unused), so it pulls the
+        # events through the public API itself.
+        while (event := self.quic.next_event()) is not None:
+            self.quic_event_received(event)
+        self.transmit()
 
     def error_received(self, exc: OSError) -> None:
         """ICMP errors on the connected socket: nothing listens there (any more)."""

@@ -30,7 +30,7 @@ from qh3.asyncio.protocol import QuicConnectionProtocol
 from qh3.asyncio.server import QuicServer
 from qh3.h3.connection import H3_ALPN, ErrorCode, H3Connection
 from qh3.h3.events import HeadersReceived
-from qh3.quic.connection import QuicConnection
+from qh3.quic.connection import QuicConnection, QuicConnectionError
 from qh3.quic.events import (
     ConnectionTerminated,
     HandshakeCompleted,
@@ -56,6 +56,7 @@ SEND_TIMEOUT = 60.0  # a client must take a whole blob within this long
 MAX_WAITING = 20_000  # GETs waiting for a slot beyond this get 503 (reflector.go's queue held 20,000)
 AUX_THREADS = 16  # /has/, protected-content checks, access reports
 SEND_POLL = 0.02
+TRANSMIT_RETRY = 0.05
 _GO_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 
 
@@ -238,6 +239,31 @@ class Http3ServerProtocol(QuicConnectionProtocol):
         self._waiters: dict[int, asyncio.Future] = {}  # stream id -> send outcome
         self._poller: asyncio.TimerHandle | None = None
         self._transmit_handle: asyncio.Handle | None = None
+        self._failed_since: float | None = None
+
+    def transmit(self) -> None:
+        """Deferred to the end of this loop turn: the transport feeds a whole batch of datagrams (mostly ACKs)
+        one by one through qh3's server, and one transmit after all of them sends one larger, GSO-able flight
+        instead of a few packets per ACK."""
+        if self._transmit_handle is None:
+            self._transmit_handle = self.loop.call_soon(self._transmit_now)
+
+    def _transmit_now(self) -> None:
+        self._transmit_handle = None
+        try:
+            super().transmit()
+        except QuicConnectionError as exc:
+            # qh3 2.1's core sometimes cannot build a packet ("packet builder capacity exhausted"; seen on the
+            # first flight to aioquic clients). The data stays queued in the core; try again shortly, and give
+            # up on a connection that keeps failing for as long as a handshake may take.
+            self._failed_since = self._failed_since or self.loop.time()
+            if self.loop.time() - self._failed_since > HANDSHAKE_TIMEOUT:
+                log.debug("http3: dropping a connection whose packets cannot be built: %s", exc)
+                self._terminated()
+                return
+            self._transmit_handle = self.loop.call_later(TRANSMIT_RETRY, self._transmit_now)
+        else:
+            self._failed_since = None
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -298,16 +324,8 @@ class Http3ServerProtocol(QuicConnectionProtocol):
         except Exception as exc:  # the client reset the stream or the connection is closing
             log.debug("http3: cannot answer on stream %d: %s", stream_id, exc)
             return False
-        self._schedule_transmit()  # after the caller's bookkeeping, and coalesced with other responses
+        self.transmit()  # deferred: after the caller's bookkeeping, and coalesced with other responses
         return True
-
-    def _schedule_transmit(self) -> None:
-        if self._transmit_handle is None:
-            self._transmit_handle = self.loop.call_soon(self._transmit_now)
-
-    def _transmit_now(self) -> None:
-        self._transmit_handle = None
-        self.transmit()
 
     def _unsent(self, stream_id: int) -> bool:
         return self.quic.get_send_buffer_size(stream_id) > 0
