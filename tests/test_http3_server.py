@@ -94,6 +94,8 @@ def test_get_serves_blobs_with_trace_on_request(server, blobs):
             assert [hop.origin_name for hop in Trace.from_json(headers[b"via"]).stacks] == ["disk"]
             expected_type = b"text/plain; charset=utf-8" if payload.startswith(b"{") else b"application/octet-stream"
             assert headers[b"content-type"] == expected_type
+        # A 2 MiB blob went out in datagrams a real network carries (1,452 bytes of UDP payload at most).
+        assert 1200 <= probe.largest_datagram <= 1452
         h = next(iter(data))
         for query in ("", "?trace=false", "?trace=yes"):  # Go's ParseBool: anything else is false
             status, headers, _ = probe.request(f"/get/{h}{query}")

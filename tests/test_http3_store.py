@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from test_http3_server import CountingStore, FailingStore
-from test_http3_support import ROOT, ServerThread, free_udp_port
+from test_http3_support import ROOT, AioquicBlobServer, ServerThread, free_udp_port
 
 from appliance import metrics
 from appliance.blob import blob_hash
@@ -64,6 +64,23 @@ def test_get_and_has_verified_with_the_upstream_trace_stacked(store, blobs):
     with pytest.raises(BlobNotFound) as info:
         store.get(missing)
     assert [hop.origin_name for hop in info.value.trace.stacks] == ["disk", "http3"]
+
+
+def test_fetches_from_an_upstream_on_the_other_quic_stack(blobs, tmp_path):
+    """Our client (qh3) against a server built on aioquic: statuses and bytes as from our own server."""
+    _, data = blobs
+    with AioquicBlobServer(data, str(tmp_path / "cert")) as upstream:
+        store = Http3Store(f"127.0.0.1:{upstream.port}", timeout=20)
+        try:
+            for h, payload in data.items():
+                with store.get(h) as blob:
+                    assert blob.data == payload
+                assert store.has(h) is True
+            assert store.has(blob_hash(b"missing")) is False
+            with pytest.raises(BlobNotFound):
+                store.get(blob_hash(b"missing"))
+        finally:
+            store.shutdown()
 
 
 def test_writes_are_not_implemented_and_hashes_are_checked_first(store):

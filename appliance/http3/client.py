@@ -91,12 +91,6 @@ class H3ClientProtocol(QuicConnectionProtocol):
         self.quic.receive_many_datagrams(data, addr, now=now)
         self._after_receive()
 
-    def coalesced_received(self, buffer: bytes, segment_size: int, addr: Address) -> None:
-        """A GRO read (datagrams of `segment_size` back to back): the QUIC core splits it, not Python."""
-        self.last_received = now = self.loop.time()
-        self.quic.receive_gro_buffer(buffer, segment_size, addr, now=now)
-        self._after_receive()
-
     def _after_receive(self) -> None:
         # The client needs none of the base class's event bookkeeping (its waiters are unused), so it pulls the
         # events through the public API itself.

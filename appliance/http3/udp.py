@@ -1,10 +1,10 @@
 """A UDP transport for QUIC: batched receive, and sends of many datagrams at once with UDP GSO.
 
-Receive: each readiness event drains the socket (up to MAX_BATCH reads). With UDP GRO (Linux) one read
-returns several datagrams of one sender coalesced, with their size in a control message; they are cut
-apart here. A protocol with `datagrams_received(datas, addr)` (qh3's QuicConnectionProtocol) gets each
-run of datagrams from one address in one call, so it feeds them all to the connection and transmits once;
-others (qh3's QuicServer, which routes by connection id) get `datagram_received` per datagram.
+Receive: each readiness event drains the socket (up to MAX_BATCH datagrams). A protocol with
+`datagrams_received(datas, addr)` (qh3's QuicConnectionProtocol) gets each run of datagrams from one
+address in one call, so it feeds them all to the connection and transmits once; others (qh3's QuicServer,
+which routes by connection id) get `datagram_received` per datagram. (UDP GRO on receive was measured and
+left out: no gain over this batching, see issue 17's note.)
 
 Send: qh3's protocol hands a whole flight to `sendto_many`. Runs of equal-sized datagrams go out as one
 `sendmsg` with a UDP_SEGMENT control message (Linux GSO): the kernel cuts the buffer into datagrams of
@@ -24,27 +24,21 @@ RECV_SIZE = 65535
 SOCKET_BUFFER = 4 << 20  # a burst of a few blobs' packets must not overflow the kernel's queue
 SOL_UDP = getattr(socket, "SOL_UDP", 17)
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
-UDP_GRO = getattr(socket, "UDP_GRO", 104)
-_GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 GSO_SEGMENTS = 64  # the kernel's limit per sendmsg (UDP_MAX_SEGMENTS)
 GSO_BYTES = 65000  # a GSO buffer is one IP datagram before segmentation
 _GSO_REFUSED = {errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EMSGSIZE}
 _SEGMENT = struct.Struct("@H")
-_GRO_SIZE = struct.Struct("@i")
 
 
 class QuicDatagramTransport(asyncio.DatagramTransport):
     """Owns a non-blocking UDP socket (bound, or connected to one peer) and drives a datagram protocol."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: Any, *, gso: bool = True,
-                 gro: bool = True):
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: Any, *, gso: bool = True):
         super().__init__()
         self._loop, self._sock, self._protocol = loop, sock, protocol
         self._closed = False
         self._batched = hasattr(protocol, "datagrams_received")
-        self._coalesced = getattr(protocol, "coalesced_received", None)  # takes a GRO buffer as it is
         self.gso = gso and sock.family in (socket.AF_INET, socket.AF_INET6)
-        self.gro = gro and self.gso and _enable_gro(sock)
         try:
             self._peer = sock.getpeername()
         except OSError:
@@ -63,21 +57,15 @@ class QuicDatagramTransport(asyncio.DatagramTransport):
         batch: list[tuple[bytes, Any]] = []
         for _ in range(MAX_BATCH):
             try:
-                if self.gro:
-                    self._receive_coalesced(batch)
-                else:
-                    batch.append(self._sock.recvfrom(RECV_SIZE))
+                batch.append(self._sock.recvfrom(RECV_SIZE))
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # ICMP errors on a connected socket (port unreachable)
                 self._protocol.error_received(exc)
                 break
-        self._flush(batch)
+        self._deliver(batch)
 
-    def _flush(self, batch: list[tuple[bytes, Any]]) -> None:
-        """Hand the datagrams read so far to the protocol and empty the list."""
-        items = batch[:]
-        batch.clear()
+    def _deliver(self, items: list[tuple[bytes, Any]]) -> None:
         if not items or self._closed:
             return
         if not self._batched:
@@ -93,22 +81,6 @@ class QuicDatagramTransport(asyncio.DatagramTransport):
                     return
                 self._protocol.datagrams_received([data for data, _ in items[start:i]], items[start][1])
                 start = i
-
-    def _receive_coalesced(self, batch: list[tuple[bytes, Any]]) -> None:
-        data, ancdata, _flags, addr = self._sock.recvmsg(RECV_SIZE, _GRO_CMSG_SPACE)
-        size = 0
-        for level, kind, value in ancdata:
-            if level == SOL_UDP and kind == UDP_GRO and len(value) >= _GRO_SIZE.size:
-                size = _GRO_SIZE.unpack_from(value)[0]
-        if size <= 0 or size >= len(data):
-            batch.append((data, addr))
-            return
-        if self._coalesced is not None:
-            self._flush(batch)
-            self._coalesced(data, size, addr)
-            return
-        view = memoryview(data)
-        batch.extend((bytes(view[i:i + size]), addr) for i in range(0, len(data), size))
 
     # -- send -----------------------------------------------------------------------------------------
     def sendto(self, data, addr=None) -> None:
@@ -184,10 +156,3 @@ class QuicDatagramTransport(asyncio.DatagramTransport):
             return self._peer
         return default
 
-
-def _enable_gro(sock: socket.socket) -> bool:
-    try:
-        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
-    except OSError:  # an older kernel: one datagram per read
-        return False
-    return True
