@@ -1,8 +1,8 @@
 """Asyncio HTTP/3 client: one QUIC connection per upstream, reused for many requests multiplexed as streams.
 
 reflector.go opened a new QUIC connection per request and ignored its timeouts (spec §10 item 17).
-Here the connection is opened on first use and kept; requests run concurrently as streams (aioquic
-queues those beyond the server's stream limit). Every request has a deadline; a request that runs out
+Here the connection is opened on first use and kept; requests run concurrently as streams (those beyond
+the server's stream limit wait for its MAX_STREAMS credit). Every request has a deadline; a request that runs out
 of time cancels its stream (RESET_STREAM + STOP_SENDING), not the connection.
 
 A dead connection is noticed quickly rather than after the 20 s idle timeout: an ICMP port-unreachable
@@ -76,6 +76,7 @@ class H3ClientProtocol(QuicConnectionProtocol):
         self._monitor: asyncio.Task | None = None
         self._dead = asyncio.Event()
         self._ready = asyncio.Event()
+        self._received = asyncio.Event()  # set by every batch of datagrams (MAX_STREAMS credit comes in one)
         self.dead: str | None = None
         self.addr: Address | None = None
         self.last_received = self.loop.time()
@@ -97,6 +98,7 @@ class H3ClientProtocol(QuicConnectionProtocol):
         while (event := self.quic.next_event()) is not None:
             self.quic_event_received(event)
         self.transmit()
+        self._received.set()
 
     def error_received(self, exc: OSError) -> None:
         """ICMP errors on the connected socket: nothing listens there (any more)."""
@@ -145,6 +147,9 @@ class H3ClientProtocol(QuicConnectionProtocol):
         """GET `path`; raises ConnectionLost, ResponseError or TimeoutError."""
         if self.dead:
             raise ConnectionLost(self.dead)
+        deadline = self.loop.time() + timeout
+        await self._stream_credit(deadline)  # no await between its last check and sending the request
+        timeout = deadline - self.loop.time()
         stream_id = self.quic.get_next_available_stream_id()
         try:
             self._h3.send_headers(stream_id, [(b":method", b"GET"), (b":scheme", b"https"),
@@ -165,6 +170,19 @@ class H3ClientProtocol(QuicConnectionProtocol):
             raise
         finally:
             self._pending.pop(stream_id, None)
+
+    async def _stream_credit(self, deadline: float) -> None:
+        """Wait until the server's MAX_STREAMS allows one more request stream (qh3 raises instead of queueing).
+
+        MAX_STREAMS counts streams ever opened: client request stream n has id 4n (RFC 9000 §2.1).
+        """
+        while self.quic.get_next_available_stream_id() // 4 >= self.quic.max_concurrent_bidi_streams:
+            if self.dead:
+                raise ConnectionLost(self.dead)
+            self._received.clear()
+            await asyncio.wait_for(self._received.wait(), max(0.0, deadline - self.loop.time()))
+        if self.dead:
+            raise ConnectionLost(self.dead)
 
     def _finish(self, stream_id: int, outcome: Response | Exception) -> None:
         pending = self._pending.get(stream_id)
@@ -219,6 +237,7 @@ class H3ClientProtocol(QuicConnectionProtocol):
         if self.dead is None:
             self.dead = reason
             self._dead.set()
+            self._received.set()  # requests waiting for stream credit give up
             if self._monitor is not None and self._monitor is not asyncio.current_task():
                 self._monitor.cancel()
         for stream_id in list(self._pending):
