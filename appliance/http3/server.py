@@ -1,4 +1,4 @@
-"""The HTTP/3 blob server (spec §3d), asyncio + aioquic: `/get/{hash}[?trace=&edge_token=]` and `/has/{hash}`.
+"""The HTTP/3 blob server (spec §3d), asyncio + qh3: `/get/{hash}[?trace=&edge_token=]` and `/has/{hash}`.
 
 Statuses: 200 blob (Via header with `?trace=true`), 404 `blob not found` (remembered for 5 minutes in a
 misses cache), 403 `requested blob is protected` unless `?edge_token=` matches the configured token
