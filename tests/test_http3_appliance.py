@@ -8,6 +8,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 
 import pytest
 import requests
@@ -130,6 +131,10 @@ def test_each_http3_process_is_listed_and_a_killed_one_is_respawned_on_its_slot(
 
         first = wait_for(ready_pair, 20, "two ready HTTP/3 processes")
         assert [p["slot"] for p in first] == [0, 1] and len({p["pid"] for p in first}) == 2
+        shown = subprocess.run([sys.executable, "-m", "appliance.cli.appliancectl", "--runtime-dir", str(app.runtime),
+                                "status"], capture_output=True, text=True, timeout=30).stdout
+        for p in first:  # appliancectl status lists each HTTP/3 process
+            assert any(line.split()[:2] == [f"http3-{p['slot']}", str(p["pid"])] for line in shown.splitlines())
         # Clients on many source ports spread over both processes (SO_REUSEPORT hashes the 4-tuple): with 12,
         # all on one process has a chance of 1 in 2,048.
         for _ in range(12):
