@@ -24,7 +24,7 @@ setup(
         "msgpack>=1.0",
         "cryptography>=42",
         "tqdm>=4.66",
-        "aioquic>=1.2",
+        "qh3>=2.1,<3",
     ],
     extras_require={
         "test": [
@@ -32,6 +32,7 @@ setup(
             "pytest-timeout>=2.3",
             "moto[server]>=5.0",
             "ruff>=0.6",
+            "aioquic>=1.2",  # the independent HTTP/3 stack the tests talk to ours with
         ],
     },
     entry_points={

@@ -123,7 +123,9 @@ SETTINGS: list[Setting] = [
     S("use_db", "bool", True, "track blobs and streams in MySQL (db_conn); without db_conn there is no database",
       "database"),
     S("upstream_reflector", "str", "", "host:port of an upstream reflector or blobcache to fetch from", "origin"),
-    S("upstream_protocol", "str", "http", "protocol to the upstream", "origin", choices=("tcp", "http", "http3")),
+    S("upstream_protocol", "str", "http", "protocol to the upstream; http and tcp are faster than http3 (a cache "
+      "chained over http3 took cold misses at about half the speed of one chained over http, scripts/bench e)",
+      "origin", choices=("tcp", "http", "http3")),
     S("upstream_edge_token", "str", "",
       "token sent upstream as edge_token, and required from HTTP clients for protected blobs", "origin",
       secret=True),
@@ -184,6 +186,8 @@ SETTINGS: list[Setting] = [
     S("disable_http3", "bool", False, "do not run the HTTP/3 server", "http3"),
     S("http3_cert", "str", "", "TLS certificate (PEM) for HTTP/3; empty = self-signed in state_dir", "http3"),
     S("http3_key", "str", "", "TLS private key (PEM) for HTTP/3", "http3", secret=True),
+    S("http3_processes", "int", 0, "HTTP/3 processes sharing the UDP port with SO_REUSEPORT (0 = number of cores)",
+      "http3", range=Range(0, MAX_WORKERS, note="0 = number of cores")),
     # --- DHT ------------------------------------------------------------------------------------------
     S("disable_dht", "bool", False, "do not run the DHT node", "dht"),
     S("dht_port", "int", 4444, "DHT UDP port", "dht", range=PORT),

@@ -29,7 +29,7 @@ from typing import Any
 
 from appliance import __version__, ipc, logs, metrics
 from appliance.cache.crashcheck import check_disk_caches
-from appliance.config import MAX_WORKERS, Config, worker_count
+from appliance.config import MAX_WORKERS, Config, default_workers, worker_count
 from appliance.metrics_server import MetricsServer
 from appliance.scoreboard import Scoreboard
 from appliance.sdnotify import Notifier
@@ -51,6 +51,7 @@ SERVING_ROLES = ("worker", "http3")  # stopped first; the other roles serve them
 # backoff and reported as degraded, never a halt, and readiness does not wait for it once it has failed.
 OPTIONAL_ROLES = ("cache-manager",)
 OPTIONAL_BOOT_BACKOFF = (1.0, 60.0)  # first and longest delay between boot attempts of an optional role
+SLOTTED_ROLES = ("worker", "http3")  # several processes, each in a slot with sockets the supervisor keeps
 
 
 class SupervisorError(Exception):
@@ -93,7 +94,7 @@ class Child:
 
     @property
     def name(self) -> str:
-        return f"{self.role}-{self.index}" if self.role == "worker" else self.role
+        return f"{self.role}-{self.index}" if self.role in SLOTTED_ROLES else self.role
 
 
 def _signal_name(number: int) -> str:
@@ -111,6 +112,20 @@ def _listen_tcp(host: str, port: int, reuseport: bool, backlog: int = 2048) -> s
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     sock.listen(backlog)
+    return sock
+
+
+def _bind_udp(host: str, port: int) -> socket.socket:
+    """One HTTP/3 slot's UDP socket. With SO_REUSEPORT the kernel hashes each client's address and port to
+    one socket of the group, so a QUIC connection stays with one process while the client's address does not
+    change; the supervisor keeps every slot's socket open across restarts so that mapping never shifts."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
@@ -139,6 +154,7 @@ class Supervisor:
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.children: dict[int, Child] = {}  # pid -> child
         self.worker_sockets: dict[int, dict[str, socket.socket]] = {}
+        self.http3_sockets: dict[int, socket.socket] = {}
         self.target_workers = worker_count(config)
         self.free_slots = list(range(MAX_SLOTS))
         self.scoreboard: Scoreboard | None = None
@@ -176,7 +192,7 @@ class Supervisor:
         return {
             "cache-manager": 1,
             "dht": 0 if c.disable_dht else 1,
-            "http3": 0 if (c.disable_http3 or not c.http3_peer_port) else 1,
+            "http3": 0 if (c.disable_http3 or not c.http3_peer_port) else (c.http3_processes or default_workers()),
             "worker": self.target_workers,
         }
 
@@ -207,6 +223,8 @@ class Supervisor:
         check_disk_caches(self.config)  # before any process serves a cache file (appliance/cache/crashcheck.py)
         for index in range(self.target_workers):
             self._open_worker_sockets(index)
+        for index in range(self.roles()["http3"]):
+            self._open_http3_socket(index)
         self.scoreboard = Scoreboard(MAX_SLOTS)
         self._write_config_fd()
         self._start_control_server(control)
@@ -243,6 +261,14 @@ class Supervisor:
                 s.close()
             raise SupervisorError(f"cannot open the sockets of worker slot {index}: {exc.strerror or exc}") from None
         self.worker_sockets[index] = sockets
+
+    def _open_http3_socket(self, index: int) -> None:
+        if index in self.http3_sockets:
+            return
+        try:
+            self.http3_sockets[index] = _bind_udp(self.host, self.config.http3_peer_port)
+        except OSError as exc:
+            raise SupervisorError(f"cannot open the UDP socket of HTTP/3 slot {index}: {exc.strerror or exc}") from None
 
     def _close_worker_sockets(self, index: int) -> None:
         for sock in self.worker_sockets.pop(index, {}).values():
@@ -371,6 +397,8 @@ class Supervisor:
         fds = {"scoreboard": self.scoreboard.fd, "config": self.config_fd}
         if role == "worker":
             fds.update({name: s.fileno() for name, s in self.worker_sockets[index].items()})
+        elif role == "http3":
+            fds["http3"] = self.http3_sockets[index].fileno()
         env = dict(os.environ)
         env["APPLIANCE_CHILD"] = json.dumps({
             "role": role, "index": index, "slot": slot, "fds": fds, "supervisor_pid": os.getpid(),
@@ -421,6 +449,11 @@ class Supervisor:
             if child.role == "worker" and child.index >= self.target_workers and not self._count("worker", child.index,
                                                                                                   True):
                 self._close_worker_sockets(child.index)
+            if child.role == "http3" and child.index >= self.roles()["http3"] and not self._count("http3", child.index,
+                                                                                                   True):
+                sock = self.http3_sockets.pop(child.index, None)
+                if sock is not None:
+                    sock.close()
             return
         key = (child.role, child.index)
         if child.role in OPTIONAL_ROLES:
@@ -474,6 +507,9 @@ class Supervisor:
         for role, target in self.roles().items():
             if role == "worker":
                 continue
+            if role == "http3":
+                self._manage_http3(target, now)
+                continue
             if self._count(role) < target and now >= self.respawn_at.get((role, 0), 0):
                 restarted = (role, 0) in self.respawn_at
                 self.spawn(role)
@@ -494,6 +530,19 @@ class Supervisor:
             if child.role == "worker" and child.index >= self.target_workers and not child.retiring:
                 self.stop_child(child, graceful=True)
         self._advance_reload()
+
+    def _manage_http3(self, target: int, now: float) -> None:
+        """One HTTP/3 process per slot, each on its slot's SO_REUSEPORT socket; extra slots retire."""
+        for index in range(target):
+            if self._count("http3", index) == 0 and now >= self.respawn_at.get(("http3", index), 0):
+                self._open_http3_socket(index)
+                restarted = ("http3", index) in self.respawn_at
+                self.spawn("http3", index)
+                if restarted:
+                    metrics.RESTARTS_TOTAL.labels(role="http3").inc()
+        for child in list(self.children.values()):
+            if child.role == "http3" and child.index >= target and not child.retiring:
+                self.stop_child(child, graceful=True)
 
     def _advance_reload(self) -> None:
         """HUP: replace workers one at a time; the old one retires only once its successor is ready."""
@@ -878,4 +927,7 @@ class Supervisor:
             os.unlink(control)
         for index in list(self.worker_sockets):
             self._close_worker_sockets(index)
+        for sock in self.http3_sockets.values():
+            sock.close()
+        self.http3_sockets.clear()
 

@@ -8,6 +8,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 
 import pytest
 import requests
@@ -87,7 +88,7 @@ def test_http3_role_serves_reports_and_stops_gracefully(tmp_path):
     payloads = [os.urandom(2 * 1024 * 1024), os.urandom(10)]
     for payload in payloads:
         store.put(blob_hash(payload), payload)
-    app = Appliance(tmp_path, "--request-queue-size", "4")
+    app = Appliance(tmp_path, "--request-queue-size", "4", "--http3-processes", "1")
     with app:
         with H3Probe(app.ports["http3"]) as probe:
             for payload in payloads:
@@ -109,11 +110,50 @@ def test_http3_role_serves_reports_and_stops_gracefully(tmp_path):
         cert = (tmp_path / "state" / "http3" / "cert.pem").read_bytes()
         pid = http3_process()["pid"]
         assert app.stop() == 0
-    assert f"http3[{pid}] http3: stopped" in app.output()
+    assert f"http3-0[{pid}] http3: stopped" in app.output()
     with app:  # a restart reuses the certificate made at first start
         assert (tmp_path / "state" / "http3" / "cert.pem").read_bytes() == cert
         with H3Probe(app.ports["http3"]) as probe:
             assert probe.request(f"/get/{blob_hash(payloads[1])}")[::2] == (200, payloads[1])
+
+
+def test_each_http3_process_is_listed_and_a_killed_one_is_respawned_on_its_slot(tmp_path):
+    store = DiskStore(str(tmp_path / "blobs"))
+    payload = os.urandom(300_000)
+    store.put(blob_hash(payload), payload)
+    with Appliance(tmp_path, "--http3-processes", "2") as app:
+        def http3_processes():
+            return sorted((p for p in app.status()["processes"] if p["role"] == "http3"), key=lambda p: p["slot"])
+
+        def ready_pair():
+            ready = [p for p in http3_processes() if p["state"] == "ready"]
+            return ready if len(ready) == 2 else None
+
+        first = wait_for(ready_pair, 20, "two ready HTTP/3 processes")
+        assert [p["slot"] for p in first] == [0, 1] and len({p["pid"] for p in first}) == 2
+        shown = subprocess.run([sys.executable, "-m", "appliance.cli.appliancectl", "--runtime-dir", str(app.runtime),
+                                "status"], capture_output=True, text=True, timeout=30).stdout
+        for p in first:  # appliancectl status lists each HTTP/3 process
+            assert any(line.split()[:2] == [f"http3-{p['slot']}", str(p["pid"])] for line in shown.splitlines())
+        # Clients on many source ports spread over both processes (SO_REUSEPORT hashes the 4-tuple): with 12,
+        # all on one process has a chance of 1 in 2,048.
+        for _ in range(12):
+            with H3Probe(app.ports["http3"]) as probe:
+                assert probe.request(f"/get/{blob_hash(payload)}")[::2] == (200, payload)
+        wait_for(lambda: all(p["requests"] > 0 for p in http3_processes()), 10,
+                 "requests reported by both HTTP/3 processes")
+        os.kill(first[0]["pid"], signal.SIGKILL)
+
+        def respawned():
+            now = ready_pair()
+            return now if now and first[0]["pid"] not in {p["pid"] for p in now} else None
+
+        after = wait_for(respawned, 30, "the killed HTTP/3 process to be replaced")
+        assert [p["pid"] for p in after][1] == first[1]["pid"]  # same slots; the other one kept running
+        for _ in range(12):  # every client port is served again, whichever process it hashes to
+            with H3Probe(app.ports["http3"]) as probe:
+                assert probe.request(f"/get/{blob_hash(payload)}")[::2] == (200, payload)
+        assert "exited unexpectedly (signal SIGKILL" in app.output()
 
 
 def test_blocklisted_streams_are_not_served_over_http3(tmp_path):

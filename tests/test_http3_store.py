@@ -1,5 +1,6 @@
 """Http3Store against the real HTTP/3 server: verified blobs, traces, one reused connection, timeouts,
 reconnects after the upstream restarts, and use from gevent greenlets without blocking the hub."""
+import asyncio
 import json
 import os
 import subprocess
@@ -9,11 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from test_http3_server import CountingStore, FailingStore
-from test_http3_support import ROOT, ServerThread, free_udp_port
+from test_http3_support import ROOT, AioquicBlobServer, ServerThread, free_udp_port
 
 from appliance import metrics
 from appliance.blob import blob_hash
 from appliance.errors import BlobNotFound, NotImplementedByStore, OriginError
+from appliance.http3.client import H3Client
 from appliance.stores.base import Blob, BlobStore
 from appliance.stores.disk import DiskStore
 from appliance.stores.http3 import Http3Store
@@ -64,6 +66,40 @@ def test_get_and_has_verified_with_the_upstream_trace_stacked(store, blobs):
     with pytest.raises(BlobNotFound) as info:
         store.get(missing)
     assert [hop.origin_name for hop in info.value.trace.stacks] == ["disk", "http3"]
+
+
+def test_more_concurrent_requests_than_the_server_allows_streams_wait_for_credit(upstream, blobs):
+    """The server grants 100 streams at a time (MAX_STREAMS); 250 requests at once on one connection all succeed."""
+    _, data = blobs
+    h = next(h for h, p in data.items() if len(p) == 5000)
+
+    async def burst():
+        client = H3Client(f"127.0.0.1:{upstream.port}")
+        try:
+            return await asyncio.gather(*(client.get(("127.0.0.1", upstream.port), f"/get/{h}", timeout=60,
+                                                     max_body=10_000) for _ in range(250)))
+        finally:
+            await client.close()
+
+    responses = asyncio.run(burst())
+    assert [(r.status, r.body) for r in responses] == [(200, data[h])] * 250
+
+
+def test_fetches_from_an_upstream_on_the_other_quic_stack(blobs, tmp_path):
+    """Our client (qh3) against a server built on aioquic: statuses and bytes as from our own server."""
+    _, data = blobs
+    with AioquicBlobServer(data, str(tmp_path / "cert")) as upstream:
+        store = Http3Store(f"127.0.0.1:{upstream.port}", timeout=20)
+        try:
+            for h, payload in data.items():
+                with store.get(h) as blob:
+                    assert blob.data == payload
+                assert store.has(h) is True
+            assert store.has(blob_hash(b"missing")) is False
+            with pytest.raises(BlobNotFound):
+                store.get(blob_hash(b"missing"))
+        finally:
+            store.shutdown()
 
 
 def test_writes_are_not_implemented_and_hashes_are_checked_first(store):

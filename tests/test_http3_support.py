@@ -4,6 +4,8 @@
   UDP socket bound to 127.0.0.1. It shares no code with appliance/http3/client.py or Http3Store.
 - ServerThread: the HTTP/3 blob server (appliance.http3.server) over any store, on its own event loop
   in a thread, on a free 127.0.0.1 UDP port; restartable on the same port.
+- AioquicBlobServer: a minimal `/get/` + `/has/` server on aioquic, the other QUIC stack (ours is qh3), in
+  a thread on a free port; it shares no code with appliance/http3/.
 - Appliance: `prism reflector` as a subprocess on free ports and a tmp dir, ready when the control
   socket says every process is ready; always stopped (TERM, then KILL).
 """
@@ -73,6 +75,7 @@ class H3Probe:
         self.connected = False
         self.closed: str | None = None
         self.responses: dict[int, dict] = {}
+        self.largest_datagram = 0  # UDP payload; the server must stay within what a real network carries
         self.quic.connect(self.addr, now=time.monotonic())
         self._pump(lambda: self.connected or self.closed)
         if not self.connected:
@@ -107,6 +110,7 @@ class H3Probe:
             except TimeoutError:
                 self.quic.handle_timer(now=time.monotonic())
             else:
+                self.largest_datagram = max(self.largest_datagram, len(data))
                 self.quic.receive_datagram(data, addr, now=time.monotonic())
             self._events()
 
@@ -163,7 +167,9 @@ class ServerThread:
         async def boot():
             self.service = BlobService(self.store, **self.service_kwargs)
             config = server_configuration(self.cert.certificate, self.cert.private_key)
-            self.server = await start_server("127.0.0.1", self.port, config, self.service)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("127.0.0.1", self.port))
+            self.server = await start_server(sock, config, self.service)
 
         def run():
             asyncio.set_event_loop(self.loop)
@@ -203,7 +209,7 @@ class ServerThread:
             return
 
         def halt():
-            self.server._transport.close()
+            self.server.drop()
             self.service.shutdown_pools()
             for task in list(self.service._tasks):
                 task.cancel()
@@ -218,6 +224,59 @@ class ServerThread:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class AioquicBlobServer:
+    """`/get/{hash}` (200 + bytes, or 404) and `/has/{hash}` over aioquic's server, in a thread; a context manager."""
+
+    def __init__(self, blobs: dict[str, bytes], cert_dir: str):
+        self.blobs = blobs
+        self.cert = load_or_create(cert_dir)
+        self.port = free_udp_port()
+        self.loop = asyncio.new_event_loop()
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> AioquicBlobServer:
+        from aioquic.asyncio import QuicConnectionProtocol, serve
+
+        blobs = self.blobs
+
+        class Protocol(QuicConnectionProtocol):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.h3 = H3Connection(self._quic)
+
+            def quic_event_received(self, event):
+                for h3_event in self.h3.handle_event(event):
+                    if isinstance(h3_event, HeadersReceived):
+                        path = dict(h3_event.headers)[b":path"].decode().partition("?")[0]
+                        body = blobs.get(path[5:])
+                        status = 200 if body is not None else 404
+                        body = (body if path.startswith("/get/") else b"{}") if body is not None else b"not found"
+                        self.h3.send_headers(h3_event.stream_id, [(b":status", str(status).encode()),
+                                                                  (b"content-length", str(len(body)).encode())])
+                        self.h3.send_data(h3_event.stream_id, body, end_stream=True)
+                        self.transmit()
+
+        config = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN, max_datagram_size=1452)
+        config.certificate, config.private_key = self.cert.certificate, self.cert.private_key
+        ready = threading.Event()
+
+        def run():
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(serve("127.0.0.1", self.port, configuration=config,
+                                               create_protocol=Protocol))
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert ready.wait(10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
 
 
 class Appliance:

@@ -34,7 +34,7 @@ class ChildContext:
 
     @property
     def name(self) -> str:
-        return f"worker-{self.index}" if self.role == "worker" else self.role
+        return f"{self.role}-{self.index}" if self.role in ("worker", "http3") else self.role
 
     def listener(self, name: str) -> socket.socket | None:
         """The inherited listening socket of a service, or None when this worker does not serve it."""

@@ -1,4 +1,9 @@
-"""The HTTP/3 role: asyncio + aioquic on config.http3_peer_port (UDP), the one role that is not gevent.
+"""The HTTP/3 role: asyncio + qh3 on config.http3_peer_port (UDP), the one role that is not gevent.
+
+Several of these processes run (http3_processes, one per core by default), each on its own UDP socket that
+the supervisor opened with SO_REUSEPORT and keeps across restarts: the kernel spreads clients over them by
+a hash of the client's address and port, so a QUIC connection stays on one process while that address does
+not change (a client that migrates to a new address or port lands on another process and must reconnect).
 
 Reads follow the workers' tiered logic exactly by reusing TieredStore from pool threads (it is
 thread-safe, and its CacheManagerClient is a blocking IPC client, which is fine in a thread): disk
@@ -80,7 +85,7 @@ def protected_content(ctx: ChildContext) -> ProtectedContent | None:
 
 def main(ctx: ChildContext) -> int:
     if not {"all", "http3"} & set(ctx.verbose):
-        logging.getLogger("quic").setLevel(logging.WARNING)  # aioquic logs every handshake at INFO
+        logging.getLogger("quic").setLevel(logging.WARNING)  # the QUIC stack logs every handshake at INFO
     cert = certificate(ctx)
     misses.share(ctx.runtime_dir)  # before the service builds its misses cache
     store, manager, blocklist = build_store(ctx)
@@ -98,10 +103,10 @@ async def _serve(ctx: ChildContext, service: BlobService, manager: CacheManagerC
     config = ctx.config
     loop = asyncio.get_running_loop()
     host, port = config.listen_address or "0.0.0.0", config.http3_peer_port
-    try:
-        server = await start_server(host, port, server_configuration(cert.certificate, cert.private_key), service)
-    except OSError as exc:
-        raise BootError(f"cannot listen on port {port}/udp: {exc.strerror or exc}") from None
+    sock = ctx.listener("http3")
+    if sock is None:
+        raise BootError("no UDP socket was handed to the HTTP/3 process")
+    server = await start_server(sock, server_configuration(cert.certificate, cert.private_key), service)
 
     stop, fast = asyncio.Event(), asyncio.Event()
 

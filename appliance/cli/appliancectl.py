@@ -65,7 +65,7 @@ def render_status(status: dict) -> str:
              f"config {status['config'].get('path') or '(built-in defaults)'}", ""]
     rows = [("PROCESS", "PID", "AGE", "HEARTBEAT", "STATE", "CONNS", "REQUESTS")]
     for p in status["processes"]:
-        name = f"{p['role']}-{p['slot']}" if p["role"] == "worker" else p["role"]
+        name = f"{p['role']}-{p['slot']}" if p["role"] in ("worker", "http3") else p["role"]
         rows.append((name, str(p["pid"]), _duration(p["age"]),
                      f"{_duration(p['last_heartbeat'])} ago" if p["last_heartbeat"] is not None else "-",
                      str(p["state"]), str(p["connections"]), str(p["requests"])))

@@ -1,8 +1,8 @@
 """Asyncio HTTP/3 client: one QUIC connection per upstream, reused for many requests multiplexed as streams.
 
 reflector.go opened a new QUIC connection per request and ignored its timeouts (spec §10 item 17).
-Here the connection is opened on first use and kept; requests run concurrently as streams (aioquic
-queues those beyond the server's stream limit). Every request has a deadline; a request that runs out
+Here the connection is opened on first use and kept; requests run concurrently as streams (those beyond
+the server's stream limit wait for its MAX_STREAMS credit). Every request has a deadline; a request that runs out
 of time cancels its stream (RESET_STREAM + STOP_SENDING), not the connection.
 
 A dead connection is noticed quickly rather than after the 20 s idle timeout: an ICMP port-unreachable
@@ -21,14 +21,14 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.h3.connection import ErrorCode, H3Connection
-from aioquic.h3.events import DataReceived, HeadersReceived
-from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent, StreamReset
+from qh3.asyncio.protocol import QuicConnectionProtocol
+from qh3.h3.connection import ErrorCode, H3Connection
+from qh3.h3.events import DataReceived, HeadersReceived
+from qh3.quic.connection import QuicConnection
+from qh3.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent, StreamReset
 
 from appliance.http3.quic import HANDSHAKE_TIMEOUT, client_configuration
-from appliance.http3.udp import BatchedDatagramTransport
+from appliance.http3.udp import QuicDatagramTransport
 
 SILENCE = 1.0  # outstanding requests and nothing heard for this long: ping the upstream
 PING_TIMEOUT = 2.0
@@ -67,23 +67,38 @@ class H3ClientProtocol(QuicConnectionProtocol):
 
     def __init__(self, quic: QuicConnection, stream_handler=None):
         super().__init__(quic, stream_handler)
+        # Our own references: the base class's attributes are qh3's private business.
+        self.quic = quic
+        self.loop = asyncio.get_running_loop()
+        self.transport: QuicDatagramTransport | None = None
         self._h3 = H3Connection(quic)
         self._pending: dict[int, _Pending] = {}
         self._monitor: asyncio.Task | None = None
         self._dead = asyncio.Event()
         self._ready = asyncio.Event()
+        self._received = asyncio.Event()  # set by every batch of datagrams (MAX_STREAMS credit comes in one)
         self.dead: str | None = None
         self.addr: Address | None = None
-        self.last_received = self._loop.time()
+        self.last_received = self.loop.time()
 
     # -- transport callbacks --------------------------------------------------------------------------
-    def datagrams_received(self, batch: list[tuple[bytes, Address]]) -> None:
-        """A batch from BatchedDatagramTransport: feed every datagram, then transmit once."""
-        now = self.last_received = self._loop.time()
-        for data, addr in batch:
-            self._quic.receive_datagram(data, addr, now=now)
-        self._process_events()
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.transport = transport
+
+    def datagrams_received(self, data: list[bytes], addr: Address) -> None:
+        """A batch from QuicDatagramTransport: all fed to the connection, then one pass over events and one transmit."""
+        self.last_received = now = self.loop.time()
+        self.quic.receive_many_datagrams(data, addr, now=now)
+        self._after_receive()
+
+    def _after_receive(self) -> None:
+        # The client needs none of the base class's event bookkeeping (its waiters are unused), so it pulls the
+        # events through the public API itself.
+        while (event := self.quic.next_event()) is not None:
+            self.quic_event_received(event)
         self.transmit()
+        self._received.set()
 
     def error_received(self, exc: OSError) -> None:
         """ICMP errors on the connected socket: nothing listens there (any more)."""
@@ -97,8 +112,8 @@ class H3ClientProtocol(QuicConnectionProtocol):
             self._ready.set()
         elif isinstance(event, ConnectionTerminated):
             self._declare_dead(event.reason_phrase or f"connection closed (error {event.error_code:#x})")
-            if self._transport is not None:
-                self._transport.close()
+            if self.transport is not None:
+                self.transport.close()
             return
         if isinstance(event, StreamReset):
             self._finish(event.stream_id, ResponseError(f"the upstream reset the stream (error {event.error_code:#x})"))
@@ -132,18 +147,21 @@ class H3ClientProtocol(QuicConnectionProtocol):
         """GET `path`; raises ConnectionLost, ResponseError or TimeoutError."""
         if self.dead:
             raise ConnectionLost(self.dead)
-        stream_id = self._quic.get_next_available_stream_id()
+        deadline = self.loop.time() + timeout
+        await self._stream_credit(deadline)  # no await between its last check and sending the request
+        timeout = deadline - self.loop.time()
+        stream_id = self.quic.get_next_available_stream_id()
         try:
             self._h3.send_headers(stream_id, [(b":method", b"GET"), (b":scheme", b"https"),
                                               (b":authority", authority), (b":path", path),
                                               (b"user-agent", USER_AGENT)], end_stream=True)
         except Exception as exc:  # the connection is closing under us
             raise ConnectionLost(f"cannot send the request: {exc}") from None
-        pending = _Pending(self._loop.create_future(), max_body)
+        pending = _Pending(self.loop.create_future(), max_body)
         self._pending[stream_id] = pending
         self.transmit()
         if self._monitor is None:
-            self._monitor = self._loop.create_task(self._watch())
+            self._monitor = self.loop.create_task(self._watch())
         try:
             return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
         except BaseException:
@@ -152,6 +170,19 @@ class H3ClientProtocol(QuicConnectionProtocol):
             raise
         finally:
             self._pending.pop(stream_id, None)
+
+    async def _stream_credit(self, deadline: float) -> None:
+        """Wait until the server's MAX_STREAMS allows one more request stream (qh3 raises instead of queueing).
+
+        MAX_STREAMS counts streams ever opened: client request stream n has id 4n (RFC 9000 §2.1).
+        """
+        while self.quic.get_next_available_stream_id() // 4 >= self.quic.max_concurrent_bidi_streams:
+            if self.dead:
+                raise ConnectionLost(self.dead)
+            self._received.clear()
+            await asyncio.wait_for(self._received.wait(), max(0.0, deadline - self.loop.time()))
+        if self.dead:
+            raise ConnectionLost(self.dead)
 
     def _finish(self, stream_id: int, outcome: Response | Exception) -> None:
         pending = self._pending.get(stream_id)
@@ -168,8 +199,8 @@ class H3ClientProtocol(QuicConnectionProtocol):
         if self.dead:
             return
         try:
-            self._quic.stop_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
-            self._quic.reset_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+            self.quic.stop_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+            self.quic.reset_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
         except Exception:  # the stream already finished on one side
             pass
         self.transmit()
@@ -180,10 +211,10 @@ class H3ClientProtocol(QuicConnectionProtocol):
         try:
             while self._pending and not self.dead:
                 await asyncio.sleep(SILENCE / 2)
-                probe_sent = self._loop.time()
+                probe_sent = self.loop.time()
                 if not self._pending or self.dead or probe_sent - self.last_received <= SILENCE:
                     continue
-                self._quic.send_ping(0)  # its ACK is a datagram like any other; no waiter needed
+                self.quic.send_ping(0)  # its ACK is a datagram like any other; no waiter needed
                 self.transmit()
                 await asyncio.sleep(PING_TIMEOUT)
                 if self._pending and self.last_received < probe_sent:
@@ -196,7 +227,7 @@ class H3ClientProtocol(QuicConnectionProtocol):
         if self.dead:
             return
         self._declare_dead(reason)
-        self._quic.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase=reason)
+        self.quic.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase=reason)
         try:
             self.transmit()
         except OSError:
@@ -206,6 +237,7 @@ class H3ClientProtocol(QuicConnectionProtocol):
         if self.dead is None:
             self.dead = reason
             self._dead.set()
+            self._received.set()  # requests waiting for stream credit give up
             if self._monitor is not None and self._monitor is not asyncio.current_task():
                 self._monitor.cancel()
         for stream_id in list(self._pending):
@@ -226,7 +258,7 @@ async def open_connection(addr: Address, server_name: str | None, *, handshake_t
     try:
         sock.connect(addr)
         protocol = H3ClientProtocol(QuicConnection(configuration=client_configuration(server_name)))
-        transport = BatchedDatagramTransport(loop, sock, protocol)
+        transport = QuicDatagramTransport(loop, sock, protocol)
     except BaseException:
         sock.close()
         raise
@@ -290,5 +322,5 @@ class H3Client:
         if conn is not None:
             conn.fail("client closed")
             await asyncio.sleep(0)  # let the CONNECTION_CLOSE go out
-            if conn._transport is not None:
-                conn._transport.close()
+            if conn.transport is not None:
+                conn.transport.close()

@@ -1,4 +1,4 @@
-"""The HTTP/3 blob server (spec §3d), asyncio + aioquic: `/get/{hash}[?trace=&edge_token=]` and `/has/{hash}`.
+"""The HTTP/3 blob server (spec §3d), asyncio + qh3: `/get/{hash}[?trace=&edge_token=]` and `/has/{hash}`.
 
 Statuses: 200 blob (Via header with `?trace=true`), 404 `blob not found` (remembered for 5 minutes in a
 misses cache), 403 `requested blob is protected` unless `?edge_token=` matches the configured token
@@ -8,9 +8,10 @@ text; 500 matches our HTTP server and keeps 400 for bad requests), 503 while sto
 200 or 404 with reflector.go's JSON body. Any method is accepted, as in reflector.go.
 
 The event loop never blocks: store calls (disk reads, cache-manager IPC, origin fetches) run in thread
-pools. At most `queue_size` GETs run at once (an asyncio.Semaphore); a GET keeps its slot until the
-client has acknowledged the whole response or the send timeout resets the stream, so slow readers
-cannot make the server buffer more than `queue_size` blobs.
+pools. At most `queue_size` GETs run at once (an asyncio.Semaphore); a GET keeps its slot until QUIC has
+sent the whole response once (qh3's public send-buffer size of the stream is zero; what is then unacknowledged
+is bounded by the congestion window) or the send timeout resets the stream, so slow readers cannot make the
+server buffer more than `queue_size` blobs.
 """
 from __future__ import annotations
 
@@ -25,11 +26,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote_plus
 
-from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.asyncio.server import QuicServer
-from aioquic.h3.connection import H3_ALPN, ErrorCode, H3Connection
-from aioquic.h3.events import HeadersReceived
-from aioquic.quic.events import (
+from qh3.asyncio.protocol import QuicConnectionProtocol
+from qh3.asyncio.server import QuicServer
+from qh3.h3.connection import H3_ALPN, ErrorCode, H3Connection
+from qh3.h3.events import HeadersReceived
+from qh3.quic.connection import QuicConnection, QuicConnectionError
+from qh3.quic.events import (
     ConnectionTerminated,
     HandshakeCompleted,
     ProtocolNegotiated,
@@ -41,8 +43,8 @@ from aioquic.quic.events import (
 from appliance import metrics
 from appliance.blob import is_valid_hash
 from appliance.errors import BlobNotFound
-from appliance.http3.quic import HANDSHAKE_TIMEOUT, stream_delivered
-from appliance.http3.udp import BatchedDatagramTransport
+from appliance.http3.quic import HANDSHAKE_TIMEOUT
+from appliance.http3.udp import QuicDatagramTransport
 from appliance.logs import Throttle
 from appliance.misses import MissesCache
 from appliance.stores.base import BlobStore
@@ -55,7 +57,8 @@ LBRYCRD_ADDRESS = "bJxKvpD96kaJLriqVajZ7SaQTsWWyrGQct"
 SEND_TIMEOUT = 60.0  # a client must take a whole blob within this long
 MAX_WAITING = 20_000  # GETs waiting for a slot beyond this get 503 (reflector.go's queue held 20,000)
 AUX_THREADS = 16  # /has/, protected-content checks, access reports
-DELIVERY_POLL = 0.02
+SEND_POLL = 0.02
+TRANSMIT_RETRY = 0.05
 _GO_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 
 
@@ -71,7 +74,8 @@ class BlobService:
         self.queue_size = max(1, queue_size)
         self.misses = MissesCache(enabled=getattr(store, "misses_worth_remembering", True))
         self._throttle = Throttle()
-        self.connections: set[Http3ServerProtocol] = set()
+        self.connections: set[Http3ServerProtocol] = set()  # handshake completed
+        self.open_connections: set[Http3ServerProtocol] = set()  # every connection holding state, half-open too
         self.requests = 0
         self.stopping = False
         self._queue: asyncio.Semaphore | None = None
@@ -172,7 +176,7 @@ class BlobService:
         metrics.UDP_OUT_BYTES.inc(len(data))
         metrics.BLOB_DOWNLOAD_TOTAL.inc()
         metrics.HTTP3_DOWNLOAD_TOTAL.inc()
-        if await conn.delivered(stream_id, self.send_timeout) is None:  # the slot is held until then
+        if await conn.sent(stream_id, self.send_timeout) is None:  # the slot is held until then
             kind = metrics.count_error("download", TimeoutError(f"i/o timeout sending {hash_[:8]}"))
             metrics.DOWNLOAD_FAILURES_TOTAL.labels(server="http3", reason=kind).inc()
 
@@ -229,32 +233,61 @@ class BlobService:
 class Http3ServerProtocol(QuicConnectionProtocol):
     """One QUIC connection: HTTP/3 framing, responses, and delivery tracking for the service."""
 
-    def __init__(self, *args, service: BlobService, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, quic: QuicConnection, stream_handler=None, *, service: BlobService):
+        super().__init__(quic, stream_handler)
+        # Our own references: the base class's attributes are qh3's private business.
+        self.quic = quic
+        self.loop = asyncio.get_running_loop()
         self.service = service
         self._h3: H3Connection | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
-        self._waiters: dict[int, asyncio.Future] = {}  # stream id -> delivery outcome
+        self._waiters: dict[int, asyncio.Future] = {}  # stream id -> send outcome
         self._poller: asyncio.TimerHandle | None = None
+        self._transmit_handle: asyncio.Handle | None = None
+        self._failed_since: float | None = None
 
-    def datagram_received(self, data, addr) -> None:
-        # Transmit once after the whole batch the server is dispatching (see udp.py), not per datagram.
-        self._quic.receive_datagram(data, addr, now=self._loop.time())
-        self._process_events()
-        self._transmit_soon()
+    def transmit(self) -> None:
+        """Deferred to the end of this loop turn: the transport feeds a whole batch of datagrams (mostly ACKs)
+        one by one through qh3's server, and one transmit after all of them sends one larger, GSO-able flight
+        instead of a few packets per ACK."""
+        if self._transmit_handle is None:
+            self._transmit_handle = self.loop.call_soon(self._transmit_now)
+
+    def _transmit_now(self) -> None:
+        self._transmit_handle = None
+        try:
+            super().transmit()
+        except QuicConnectionError as exc:
+            # qh3 2.1's core sometimes cannot build a packet ("packet builder capacity exhausted"; seen on the
+            # first flight to aioquic clients). The data stays queued in the core; try again shortly, and give
+            # up on a connection that keeps failing for as long as a handshake may take.
+            self._failed_since = self._failed_since or self.loop.time()
+            if self.loop.time() - self._failed_since > HANDSHAKE_TIMEOUT:
+                log.debug("http3: dropping a connection whose packets cannot be built: %s", exc)
+                self._terminated()
+                return
+            self._transmit_handle = self.loop.call_later(TRANSMIT_RETRY, self._transmit_now)
+        else:
+            self._failed_since = None
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        self.service.open_connections.add(self)
         # Abandoned or garbage handshakes must not hold state for the whole idle timeout.
-        self._handshake_timer = self._loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_expired)
+        self._handshake_timer = self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_expired)
 
     def _handshake_expired(self) -> None:
         self._handshake_timer = None
         self.close(reason_phrase="handshake timeout")
 
+    def close(self, error_code: int = ErrorCode.H3_NO_ERROR, reason_phrase: str = "") -> None:
+        """Send CONNECTION_CLOSE now."""
+        self.quic.close(error_code=error_code, reason_phrase=reason_phrase)
+        self.transmit()
+
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, ProtocolNegotiated) and event.alpn_protocol in H3_ALPN:
-            self._h3 = H3Connection(self._quic)
+            self._h3 = H3Connection(self.quic)
         elif isinstance(event, HandshakeCompleted):
             if self._handshake_timer is not None:
                 self._handshake_timer.cancel()
@@ -275,6 +308,7 @@ class Http3ServerProtocol(QuicConnectionProtocol):
             self._handshake_timer.cancel()
             self._handshake_timer = None
         self.service.connections.discard(self)
+        self.service.open_connections.discard(self)
         for stream_id in list(self._waiters):
             self._settle(stream_id, False)
 
@@ -295,20 +329,23 @@ class Http3ServerProtocol(QuicConnectionProtocol):
         except Exception as exc:  # the client reset the stream or the connection is closing
             log.debug("http3: cannot answer on stream %d: %s", stream_id, exc)
             return False
-        self._transmit_soon()  # after the caller's bookkeeping, and coalesced with other responses
+        self.transmit()  # deferred: after the caller's bookkeeping, and coalesced with other responses
         return True
 
-    async def delivered(self, stream_id: int, timeout: float) -> bool | None:
-        """True once the client acknowledged the whole response; False if aborted; None on timeout (reset)."""
-        if stream_delivered(self._quic, stream_id):
+    def _unsent(self, stream_id: int) -> bool:
+        return self.quic.get_send_buffer_size(stream_id) > 0
+
+    async def sent(self, stream_id: int, timeout: float) -> bool | None:
+        """True once QUIC has sent the whole response; False if aborted; None on timeout (then reset)."""
+        if not self._unsent(stream_id):
             return True
-        future = self._loop.create_future()
+        future = self.loop.create_future()
         self._waiters[stream_id] = future
         self._schedule_poll()
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:
-            self._quic.reset_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+            self.quic.reset_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
             self.transmit()
             return None
         finally:
@@ -316,12 +353,12 @@ class Http3ServerProtocol(QuicConnectionProtocol):
 
     def _schedule_poll(self) -> None:
         if self._poller is None:
-            self._poller = self._loop.call_later(DELIVERY_POLL, self._poll_deliveries)
+            self._poller = self.loop.call_later(SEND_POLL, self._poll_sends)
 
-    def _poll_deliveries(self) -> None:
+    def _poll_sends(self) -> None:
         self._poller = None
         for stream_id in list(self._waiters):
-            if stream_delivered(self._quic, stream_id):
+            if not self._unsent(stream_id):
                 self._settle(stream_id, True)
         if self._waiters:
             self._schedule_poll()
@@ -332,26 +369,24 @@ class Http3ServerProtocol(QuicConnectionProtocol):
             future.set_result(outcome)
 
 
-class BatchedQuicServer(QuicServer):
-    """aioquic's server (connection-id routing, version negotiation) fed by BatchedDatagramTransport."""
+class RunningServer:
+    """A started server: `close()` says goodbye to every connection; `drop()` just lets go of the socket."""
 
-    def datagrams_received(self, batch: list[tuple[bytes, tuple]]) -> None:
-        for data, addr in batch:
-            self.datagram_received(data, addr)
+    def __init__(self, quic_server: QuicServer, transport: QuicDatagramTransport):
+        self.quic_server, self.transport = quic_server, transport
+
+    def close(self) -> None:
+        self.quic_server.close()  # CONNECTION_CLOSE to every connection, then the transport closes
+
+    def drop(self) -> None:
+        self.transport.close()  # silence, as a killed process would leave
 
 
-async def start_server(host: str, port: int, configuration, service: BlobService) -> QuicServer:
-    """Bind UDP host:port and serve HTTP/3 on it; `close()` the result to stop (raises OSError)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.bind((host, port))
-        server = BatchedQuicServer(configuration=configuration,
-                                   create_protocol=functools.partial(Http3ServerProtocol, service=service))
-        BatchedDatagramTransport(asyncio.get_running_loop(), sock, server)
-    except BaseException:
-        sock.close()
-        raise
-    return server
+async def start_server(sock: socket.socket, configuration, service: BlobService) -> RunningServer:
+    """Serve HTTP/3 on a bound UDP socket (the supervisor's, shared with SO_REUSEPORT)."""
+    server = QuicServer(configuration=configuration,
+                        create_protocol=functools.partial(Http3ServerProtocol, service=service))
+    return RunningServer(server, QuicDatagramTransport(asyncio.get_running_loop(), sock, server))
 
 
 def _query(query: bytes) -> dict[str, str]:
