@@ -21,7 +21,7 @@ import time
 
 from appliance.db import Database, DatabaseUnavailable
 from appliance.errors import BlobNotFound
-from appliance.stores.base import Blob, BlobStore, Blocklister, NeededBlobsChecker
+from appliance.stores.base import Blob, BlobStore, Blocklister, NeededBlobsChecker, Upload
 from appliance.stream import parse_sd_blob
 
 log = logging.getLogger("store")
@@ -89,6 +89,10 @@ class DBBackedStore(BlobStore, NeededBlobsChecker, Blocklister):
         self.underlying.put(hash_, data)
         self.db.add_blob(hash_, len(data), stored=True)
 
+    def upload(self, hash_: str, size: int) -> Upload:
+        """The underlying store's streaming write; the blob is recorded once the bytes are stored."""
+        return _RecordedUpload(self.underlying.upload(hash_, size), self.db, hash_, size)
+
     def put_sd(self, hash_: str, data: bytes) -> None:
         descriptor = parse_sd_blob(data)  # InvalidStreamDescriptor (a ValueError) before anything is stored
         self.underlying.put_sd(hash_, data)
@@ -128,3 +132,18 @@ class DBBackedStore(BlobStore, NeededBlobsChecker, Blocklister):
 
     def shutdown(self) -> None:
         self.underlying.shutdown()
+
+
+class _RecordedUpload(Upload):
+    def __init__(self, inner: Upload, db: Database, hash_: str, size: int):
+        self.inner, self.db, self.hash, self.size = inner, db, hash_, size
+
+    def write(self, chunk) -> None:
+        self.inner.write(chunk)
+
+    def commit(self) -> None:
+        self.inner.commit()
+        self.db.add_blob(self.hash, self.size, stored=True)  # one short transaction per content blob
+
+    def abort(self) -> None:
+        self.inner.abort()

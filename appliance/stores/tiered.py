@@ -18,7 +18,6 @@ and reported to the manager (`added`), so the receipt is sent only after the blo
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections import Counter
@@ -26,35 +25,15 @@ from collections import Counter
 from appliance import ipc, metrics
 from appliance.blob import blob_hash, check_hash
 from appliance.errors import BlobNotFound, OriginError
-from appliance.stores.base import Blob, BlobStore
-from appliance.stores.disk import DiskStore
+from appliance.stores.base import Blob, BlobStore, Upload
+from appliance.stores.disk import BlobWriter, DiskStore
+from appliance.stores.offhub import off_hub
 from appliance.stores.singleflight import SingleFlightStore
 
 log = logging.getLogger("store")
 
 FETCH_TIMEOUT = 120.0  # a waiter gives up on another worker's fetch after this long
 REPORT_INTERVAL = 0.5
-
-
-def off_hub(fn, *args):
-    """Call a blocking disk write (write + fsync) in gevent's thread pool inside a gevent worker, so the
-    worker keeps serving its other clients meanwhile; a plain call anywhere else (threads, scripts)."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is None or not monkey.is_module_patched("threading"):
-        return fn(*args)
-    import gevent
-
-    failed, value = gevent.get_hub().threadpool.apply(_outcome, (fn, args))
-    if failed:
-        raise value
-    return value
-
-
-def _outcome(fn, args: tuple) -> tuple[bool, object]:
-    try:
-        return False, fn(*args)
-    except Exception as exc:  # raised again in the caller (gevent would also print it as a traceback)
-        return True, exc
 
 
 class CacheManagerClient:
@@ -260,10 +239,15 @@ class TieredStore(BlobStore):
         if self.on_stored is not None:
             self.on_stored(hash_, True)
 
+    def upload(self, hash_: str, size: int) -> Upload:
+        """A content blob streamed into the origin and, alongside, into cache copies; `commit` returns
+        once the origin holds it durably (the copies are renamed into place after that)."""
+        return _TeeUpload(self, hash_, size)
+
     def _write_through(self, hash_: str, data: bytes) -> None:
         for cache in self.caches:
             try:
-                off_hub(cache.put, hash_, data)
+                off_hub(_copy_into, cache, hash_, data)
             except OSError as exc:  # the origin has it; the cache is only a copy
                 log.error("write-through of %s into %s failed: %s", hash_[:8], cache.root, exc)
                 return
@@ -280,3 +264,62 @@ class TieredStore(BlobStore):
 
     def shutdown(self) -> None:
         self.origin.shutdown()
+
+
+def _copy_into(cache: DiskStore, hash_: str, data: bytes) -> None:
+    """A cache copy of a blob the origin holds: not fsynced (DESIGN §2), renamed in whole."""
+    with cache.writer(hash_, durable=False, verify=False) as writer:
+        writer.write(data)
+        writer.commit()
+
+
+class _TeeUpload(Upload):
+    """TieredStore.upload: every chunk goes to the origin's upload and to a cache copy per disk cache."""
+
+    def __init__(self, tiered: TieredStore, hash_: str, size: int):
+        self.tiered = tiered
+        self.hash = hash_
+        self.size = size
+        self.origin = tiered.origin.upload(hash_, size)
+        self.copies: list[BlobWriter] = []
+        try:
+            for cache in tiered.caches:
+                self.copies.append(cache.writer(hash_, durable=False, verify=False))
+        except OSError as exc:
+            self._drop_copies(exc)
+
+    def write(self, chunk) -> None:
+        self.origin.write(chunk)
+        try:
+            for copy in self.copies:
+                copy.write(chunk)
+        except OSError as exc:
+            self._drop_copies(exc)
+
+    def commit(self) -> None:
+        self.origin.commit()  # durable in the origin: what the receipt promises
+        try:
+            for copy in self.copies:
+                copy.commit()
+        except OSError as exc:
+            self._drop_copies(exc)
+        tiered = self.tiered
+        if self.copies and tiered.manager is not None:
+            try:
+                tiered.manager.added(self.hash, self.size)
+            except ipc.IpcUnavailable:
+                pass  # the manager's loader finds the file when it is back
+        if tiered.on_stored is not None:
+            tiered.on_stored(self.hash, False)
+
+    def abort(self) -> None:
+        self.origin.abort()
+        for copy in self.copies:
+            copy.abort()
+
+    def _drop_copies(self, exc: OSError) -> None:
+        """The origin has the blob; the caches only lose a copy (as the write-through does)."""
+        log.error("write-through of %s into the disk cache failed: %s", self.hash[:8], exc)
+        for copy in self.copies:
+            copy.abort()
+        self.copies = []
