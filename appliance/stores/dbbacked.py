@@ -90,8 +90,14 @@ class DBBackedStore(BlobStore, NeededBlobsChecker, Blocklister):
         self.db.add_blob(hash_, len(data), stored=True)
 
     def upload(self, hash_: str, size: int) -> Upload:
-        """The underlying store's streaming write; the blob is recorded once the bytes are stored."""
-        return _RecordedUpload(self.underlying.upload(hash_, size), self.db, hash_, size)
+        """The underlying store's streaming write; the blob is recorded once the bytes are stored.
+
+        Stores whose aborted writes may leave unlisted partial objects stream only here (`stream_upload`):
+        what the database does not list is not there.
+        """
+        stream = getattr(self.underlying, "stream_upload", None)
+        inner = stream(hash_, size) if stream is not None else self.underlying.upload(hash_, size)
+        return _RecordedUpload(inner, self.db, hash_, size)
 
     def put_sd(self, hash_: str, data: bytes) -> None:
         descriptor = parse_sd_blob(data)  # InvalidStreamDescriptor (a ValueError) before anything is stored
