@@ -104,7 +104,7 @@ def test_a_streamed_upload_is_put_as_it_arrives_and_only_completes_at_commit(s3_
     with store.stream_upload(hash_, len(data)) as upload:
         for i in range(0, len(data), 256 * 1024):
             upload.write(data[i:i + 256 * 1024])
-        assert not store.has(hash_)  # the final byte is held back until commit
+        assert upload._thread.is_alive()  # the PUT waits for the final byte, held back until commit
         upload.commit()
     assert "putting it whole" not in caplog.text  # it was the streamed PUT that stored it
     assert s3_out_bytes() - before == len(data)

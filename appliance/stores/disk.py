@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import hashlib
 import logging
 import os
@@ -270,7 +269,7 @@ class _DirState:
 def _load_sync_file_range():
     """libc's sync_file_range (Linux), or None where there is none."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols: libc, without a lookup
         fn = libc.sync_file_range
     except (OSError, AttributeError):
         return None
