@@ -38,6 +38,7 @@ class DiskStore(BlobStore):
         self.tmp_dir = os.path.join(self.root, "tmp")
         os.makedirs(self.tmp_dir, exist_ok=True)
         self.dir_sync = DirSync()
+        self.durable_dirs: set[str] = set()  # prefix directories whose own entry this process has synced
         self.remove_stale_temp_files()
 
     def path(self, hash_: str) -> str:
@@ -128,12 +129,11 @@ class DiskStore(BlobStore):
             log.info("removed %d unfinished temp file(s) from %s", removed, self.tmp_dir)
         return removed
 
-    def _ensure_dir(self, directory: str) -> bool:
+    def _ensure_dir(self, directory: str) -> None:
         try:
             os.mkdir(directory, 0o755)
-            return True
         except FileExistsError:
-            return False
+            pass
 
 
 class BlobWriter(Upload):
@@ -181,21 +181,24 @@ class BlobWriter(Upload):
         else:
             self._publish()
 
-    def _publish(self) -> tuple[str, bool]:
+    def _publish(self) -> str:
         fd, self._fd = self._fd, None
         os.close(fd)
         parent = os.path.dirname(self.final)
-        created = self.store._ensure_dir(parent)
+        self.store._ensure_dir(parent)
         os.rename(self.tmp, self.final)  # atomic: readers see nothing or the whole blob
         self.committed = True
-        return parent, created
+        return parent
 
     def _publish_durably(self) -> None:
         os.fdatasync(self._fd)  # the data first: a rename must never outlive a crash with short data
-        parent, created = self._publish()
+        parent = self._publish()
         self.store.dir_sync.sync(parent)  # then the rename itself
-        if created:
-            _fsync_dir(os.path.dirname(parent))
+        if parent not in self.store.durable_dirs:
+            # The prefix directory's own entry, once per directory and process: another writer (or process)
+            # may have created it moments ago and not synced its parent yet.
+            self.store.dir_sync.sync(os.path.dirname(parent))
+            self.store.durable_dirs.add(parent)
 
     def abort(self) -> None:
         if self._fd is not None:
@@ -203,7 +206,6 @@ class BlobWriter(Upload):
             self._fd = None
         if not self.committed:
             _unlink_quietly(self.tmp)
-
 
 
 def _temp_owner(name: str) -> int:
