@@ -124,3 +124,19 @@ def test_s3_unreachable_records_nothing(mysql_db):
     with pytest.raises(OriginError):
         store.put_sd(stream.sd_hash, stream.sd_blob)
     assert stored(mysql_db) == {} and mysql_db.query("SELECT COUNT(*) FROM stream") == [(0,)]
+
+
+def test_a_streamed_upload_is_recorded_once_its_bytes_are_stored(mysql_db):
+    mem = MemoryStore()
+    store = DBBackedStore(mem, Database(mysql_db.dsn, TrackAccess.STREAMS))
+    data = b"streamed content blob" * 1000
+    h = blob_hash(data)
+    with store.upload(h, len(data)) as upload:
+        upload.write(data[:5000])
+        upload.write(data[5000:])
+        assert not mem.has(h) and stored(mysql_db) == {}
+        upload.commit()
+    assert mem.get_bytes(h) == data and stored(mysql_db) == {h: 1}
+    with store.upload(blob_hash(b"never finished"), 14) as upload:
+        upload.write(b"never")
+    assert stored(mysql_db) == {h: 1} and not mem.has(blob_hash(b"never finished"))

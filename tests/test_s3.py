@@ -1,4 +1,5 @@
 """S3Store against real S3 servers: moto's server mode and s3rver (a second implementation)."""
+import logging
 import os
 
 import pytest
@@ -6,8 +7,10 @@ from prometheus_client import REGISTRY
 
 from appliance.blob import blob_hash
 from appliance.config import resolve
+from appliance.db import Database, TrackAccess
 from appliance.errors import BlobNotFound, OriginError, classify
-from appliance.stores.s3 import S3Store
+from appliance.stores.dbbacked import DBBackedStore
+from appliance.stores.s3 import S3Store, S3Upload
 from tests.servers.ports import free_port
 
 
@@ -90,3 +93,60 @@ def test_from_config_uses_reflector_go_keys(s3_bucket):
     assert store.get_bytes(blob_hash(data)) == data
     with pytest.raises(ValueError, match="bucket"):
         S3Store.from_config(resolve({}))
+
+
+def test_a_streamed_upload_is_put_as_it_arrives_and_only_completes_at_commit(s3_any, caplog):
+    caplog.set_level(logging.INFO, "store")
+    store = store_for(s3_any)
+    data = os.urandom(2 * 1024 * 1024)
+    hash_ = blob_hash(data)
+    before = s3_out_bytes()
+    with store.stream_upload(hash_, len(data)) as upload:
+        for i in range(0, len(data), 256 * 1024):
+            upload.write(data[i:i + 256 * 1024])
+        assert upload._thread.is_alive()  # the PUT waits for the final byte, held back until commit
+        upload.commit()
+    assert "putting it whole" not in caplog.text  # it was the streamed PUT that stored it
+    assert s3_out_bytes() - before == len(data)
+    assert store.get_bytes(hash_) == data and s3_any.keys() == {hash_}
+
+
+def test_an_aborted_streamed_upload_is_never_listed_and_a_reupload_replaces_it(s3_any, mysql_db):
+    store = DBBackedStore(store_for(s3_any), Database(mysql_db.dsn, TrackAccess.STREAMS))
+    data = os.urandom(1024 * 1024)
+    hash_ = blob_hash(data)
+    with store.upload(hash_, len(data)) as upload:
+        assert isinstance(upload.inner, S3Upload)  # behind the database, uploads stream
+        upload.write(data[: len(data) // 2])  # the client goes away: the context aborts the PUT
+    upload.inner._thread.join(30)
+    assert not upload.inner._thread.is_alive()
+    assert not store.has(hash_)  # s3rver may keep the half object; the database does not list it
+    with store.upload(hash_, len(data)) as upload:
+        upload.write(data)
+        upload.commit()
+    assert store.has(hash_) and store.get_bytes(hash_) == data
+
+
+def test_a_failed_stream_is_put_again_whole(s3_any, caplog):
+    caplog.set_level(logging.INFO, "store")
+    store = store_for(s3_any)
+    data = os.urandom(300_000)
+    upload = store.stream_upload(blob_hash(data), len(data))
+    upload.write(data[:1000])
+    upload.body.fail()  # the streamed PUT breaks mid-body (as a dropped connection would)
+    upload._thread.join(30)
+    upload.body = type(upload.body)(len(data))
+    upload.body.feed(data)
+    upload.commit()
+    assert "putting it whole" in caplog.text
+    assert store.get_bytes(blob_hash(data)) == data
+
+
+def test_without_a_database_uploads_are_put_whole(s3_any):
+    store = store_for(s3_any)
+    data = os.urandom(1000)
+    with store.upload(blob_hash(data), len(data)) as upload:
+        assert not isinstance(upload, S3Upload)
+        upload.write(data)
+        upload.commit()
+    assert store.get_bytes(blob_hash(data)) == data

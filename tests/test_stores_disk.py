@@ -143,3 +143,82 @@ def test_temp_files_of_live_writers_are_kept(tmp_path):
     os.utime(old, (time.time() - 3600, time.time() - 3600))
     assert store.remove_stale_temp_files() == 2
     assert os.listdir(tmp_path / "tmp") == [live.name]
+
+
+def test_concurrent_commits_share_directory_fsyncs_and_each_waits_for_one_after_its_rename(tmp_path, monkeypatch):
+    from appliance.stores import disk
+
+    store = DiskStore(str(tmp_path))
+    syncs: list[tuple[int, int]] = []  # (start, end) sequence numbers of each directory fsync
+    clock = iter(range(1_000_000)).__next__
+    lock = threading.Lock()
+
+    def slow_fsync_dir(directory: str) -> None:
+        with lock:
+            start = clock()
+        time.sleep(0.05)  # an fsync long enough for other commits to arrive meanwhile
+        with lock:
+            syncs.append((start, clock()))
+
+    monkeypatch.setattr(disk, "_fsync_dir", slow_fsync_dir)
+    calls: list[tuple[int, int]] = []
+
+    def commit_one() -> None:
+        with lock:
+            arrived = clock()
+        store.dir_sync.sync(str(tmp_path / "ab"))
+        with lock:
+            calls.append((arrived, clock()))
+
+    threads = [threading.Thread(target=commit_one) for _ in range(12)]
+    for t in threads:
+        t.start()
+        time.sleep(0.01)
+    for t in threads:
+        t.join()
+    assert len(calls) == 12
+    # Every commit returned after an fsync that started after it arrived (so after its rename) had ended...
+    for arrived, returned in calls:
+        assert any(arrived < start and end < returned for start, end in syncs), (arrived, returned, syncs)
+    # ...and commits that arrived during one fsync shared the next one.
+    assert len(syncs) < len(calls)
+
+
+def test_a_durable_writer_starts_writeback_as_bytes_arrive(tmp_path, monkeypatch):
+    from appliance.stores import disk
+
+    started: list[tuple[int, int]] = []
+    monkeypatch.setattr(disk, "_start_writeback", lambda fd, offset, length: started.append((offset, length)))
+    data = os.urandom(disk.WRITEBACK_BYTES * 3 + 1000)
+    store = DiskStore(str(tmp_path))
+    with store.writer(blob_hash(data)) as writer:
+        for i in range(0, len(data), 65536):
+            writer.write(data[i:i + 65536])
+        writer.commit()
+    assert started == [(0, disk.WRITEBACK_BYTES), (disk.WRITEBACK_BYTES, disk.WRITEBACK_BYTES),
+                       (2 * disk.WRITEBACK_BYTES, disk.WRITEBACK_BYTES)]
+    assert store.get_bytes(blob_hash(data)) == data
+    with store.writer(blob_hash(b"copy"), durable=False) as writer:  # a cache copy: no writeback asked
+        writer.write(b"copy" * 100_000)
+    assert len(started) == 3
+
+
+def test_tiered_upload_streams_into_the_origin_and_a_cache_copy(tmp_path):
+    from appliance.stores.tiered import TieredStore
+
+    origin, cache = DiskStore(str(tmp_path / "origin")), DiskStore(str(tmp_path / "cache"))
+    stored = []
+    tiered = TieredStore(origin, local=origin, caches=[cache], on_stored=lambda h, sd: stored.append((h, sd)))
+    data = os.urandom(700_000)
+    h = blob_hash(data)
+    with tiered.upload(h, len(data)) as upload:
+        upload.write(data[:300_000])
+        assert not origin.has(h) and not cache.has(h)  # nothing visible before commit
+        upload.write(data[300_000:])
+        upload.commit()
+    assert origin.get_bytes(h) == data and cache.get_bytes(h) == data and stored == [(h, False)]
+    other = os.urandom(1000)
+    with tiered.upload(blob_hash(other), len(other)) as upload:
+        upload.write(other[:500])  # the client went away: the context aborts it
+    assert not origin.has(blob_hash(other)) and not cache.has(blob_hash(other))
+    assert os.listdir(tmp_path / "origin" / "tmp") == [] and os.listdir(tmp_path / "cache" / "tmp") == []

@@ -8,6 +8,7 @@ error_type and logged only when unclassified.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 import time
@@ -24,7 +25,7 @@ from appliance.stream import InvalidStreamDescriptor, parse_sd_blob
 log = logging.getLogger("reflector")
 
 MAX_MESSAGE_BYTES = 64 * 1024
-_RECV_CHUNK = 1 << 20
+_RECV_CHUNK = 256 * 1024  # one upload's receive buffer
 
 
 class _Closed(Exception):
@@ -90,23 +91,40 @@ class ReceiverServer(GeventServer):
         self._send(sock, codec.encode_sd_response(wants) if request.is_sd else codec.encode_blob_response(wants))
         if not wants:
             return
-        data = self._read_blob(sock, framer, request.size)
-        if blob_hash(data) != h:
-            self._refuse(sock, request.is_sd)
-            raise HashMismatch()
         if request.is_sd:
-            try:
-                content_blob_hashes(data)
-            except InvalidStreamDescriptor:
-                self._refuse(sock, True)
-                raise
-            self.store.put_sd(h, data)
-            metrics.SDBLOB_UPLOAD_TOTAL.inc()
+            self._receive_sd(sock, framer, h, request.size)
         else:
-            self.store.put(h, data)
-        metrics.REFLECTOR_IN_BYTES.inc(len(data))
+            self._receive_content(sock, framer, h, request.size)
+        metrics.REFLECTOR_IN_BYTES.inc(request.size)
         metrics.BLOB_UPLOAD_TOTAL.inc()
         self._send(sock, codec.encode_receipt(request.is_sd, True))  # only now: the blob is durable
+
+    def _receive_sd(self, sock, framer: JsonFramer, h: str, size: int) -> None:
+        """An sd blob is read whole (it is parsed as a stream descriptor before it is stored)."""
+        data = self._read_blob(sock, framer, size)
+        if blob_hash(data) != h:
+            self._refuse(sock, True)
+            raise HashMismatch()
+        try:
+            content_blob_hashes(data)
+        except InvalidStreamDescriptor:
+            self._refuse(sock, True)
+            raise
+        self.store.put_sd(h, data)
+        metrics.SDBLOB_UPLOAD_TOTAL.inc()
+
+    def _receive_content(self, sock, framer: JsonFramer, h: str, size: int) -> None:
+        """A content blob streams into the store as it arrives, hashed as it passes; the store makes it
+        visible (and durable) in `commit`, only once the SHA-384 matches."""
+        sha = hashlib.sha384()
+        with self.store.upload(h, size) as upload:
+            for chunk in self._blob_chunks(sock, framer, size):
+                sha.update(chunk)
+                upload.write(chunk)
+            if sha.hexdigest() != h:
+                self._refuse(sock, False)
+                raise HashMismatch()
+            upload.commit()
 
     def _needed_blobs(self, sd_hash: str) -> list[str] | None:
         """Content blobs of a known stream that are not stored; None if the stored sd blob is unusable."""
@@ -147,19 +165,31 @@ class ReceiverServer(GeventServer):
 
     def _read_blob(self, sock, framer: JsonFramer, size: int) -> bytes:
         """Exactly `size` raw bytes, all within one `timeout`."""
-        data = bytearray(size)
-        view = memoryview(data)
+        return b"".join(bytes(chunk) for chunk in self._blob_chunks(sock, framer, size))
+
+    def _blob_chunks(self, sock, framer: JsonFramer, size: int):
+        """Exactly `size` raw bytes as they arrive, all within one `timeout`, in chunks of up to _RECV_CHUNK.
+
+        Each chunk is a view of one reused buffer, valid until the next is asked for: memory per upload
+        stays one buffer whatever the blob size.
+        """
         got = framer.take_available(size)
-        view[: len(got)] = got
-        filled = len(got)
+        if got:
+            yield got
+        left = size - len(got)
+        buffer = memoryview(bytearray(min(left, _RECV_CHUNK)))
         deadline = time.monotonic() + self.timeout
-        while filled < size:
-            sock.settimeout(_remaining(deadline))
-            n = sock.recv_into(view[filled:], min(size - filled, _RECV_CHUNK))
-            if n == 0:
-                raise UnexpectedEOF()
-            filled += n
-        return bytes(data)
+        while left > 0:
+            want = min(left, len(buffer))
+            filled = 0
+            while filled < want:  # whole buffers: fewer, larger writes and hash updates
+                sock.settimeout(_remaining(deadline))
+                n = sock.recv_into(buffer[filled:want])
+                if n == 0:
+                    raise UnexpectedEOF()
+                filled += n
+            left -= filled
+            yield buffer[:filled]
 
     def _send(self, sock, message: bytes) -> None:
         sock.settimeout(self.timeout)

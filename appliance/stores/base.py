@@ -9,7 +9,7 @@ from appliance.errors import BlobNotFound, NotImplementedByStore
 from appliance.trace import Trace
 
 __all__ = ["Blob", "BlobStream", "StreamedBlob", "BlobStore", "BlobNotFound", "NotImplementedByStore",
-           "NeededBlobsChecker", "Blocklister"]
+           "NeededBlobsChecker", "Blocklister", "Upload", "BufferedUpload"]
 
 
 class Blob:
@@ -146,12 +146,63 @@ class BlobStore:
     def delete(self, hash_: str) -> None:
         raise NotImplementedByStore()
 
+    def upload(self, hash_: str, size: int) -> Upload:
+        """A content blob written as it arrives (`write` chunks, then `commit` or `abort`).
+
+        The caller has checked the bytes (size and SHA-384) before `commit`; `commit` returns once the blob
+        is stored as `put` stores it. Stores that can write as bytes arrive override this; the rest get
+        the bytes in one `put` at commit (so at most one blob in memory per upload).
+        """
+        return BufferedUpload(self, hash_, size)
+
     def shutdown(self) -> None:
         pass
 
     def get_bytes(self, hash_: str) -> bytes:
         with self.get(hash_) as blob:
             return blob.data
+
+
+class Upload:
+    """The interface of `BlobStore.upload`: write, commit, abort; a context manager aborts what was not
+    committed."""
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Upload:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.abort()
+
+
+class BufferedUpload(Upload):
+    """An upload for stores that take whole blobs: the bytes gather in one buffer, `commit` puts them."""
+
+    def __init__(self, store: BlobStore, hash_: str, size: int):
+        self.store = store
+        self.hash = hash_
+        self._buffer = bytearray()
+        self._size = size
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        if len(self._buffer) + len(chunk) > self._size:
+            raise ValueError(f"blob {self.hash[:8]}: more than the {self._size} bytes announced")
+        self._buffer += chunk
+
+    def commit(self) -> None:
+        self.store.put(self.hash, bytes(self._buffer))
+        self._buffer = bytearray()
+
+    def abort(self) -> None:
+        self._buffer = bytearray()
 
 
 class NeededBlobsChecker:

@@ -7,6 +7,7 @@ request has connect and read timeouts. Fetched blobs are checked against their S
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -19,8 +20,10 @@ from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError,
 from appliance import metrics
 from appliance.blob import MAX_BLOB_SIZE, blob_hash, check_hash
 from appliance.errors import BlobNotFound, IdleTimeout, OriginError
-from appliance.stores.base import Blob, BlobStore, BlobStream
+from appliance.stores.base import Blob, BlobStore, BlobStream, Upload
 from appliance.trace import Trace
+
+log = logging.getLogger("store")
 
 NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 CHUNK = 128 * 1024
@@ -50,9 +53,16 @@ class S3Store(BlobStore):
             # and blobs are verified by their SHA-384 anyway.
             request_checksum_calculation="when_required", response_checksum_validation="when_required",
             max_pool_connections=64)
+        # Streamed uploads: the body is sent as it arrives, so it cannot be hashed for the signature first
+        # (S3 takes UNSIGNED-PAYLOAD; blobs are checked by their SHA-384) nor rewound for a retry (a failed
+        # stream is put again, whole, by the client above, which retries).
+        self._stream_config = self._config.merge(Config(
+            retries={"mode": "standard", "max_attempts": 1},
+            s3={"addressing_style": "path" if endpoint else "virtual", "payload_signing_enabled": False}))
         self._lock = threading.Lock()
         self._client = None
         self._client_pid = 0
+        self._stream_client = None
 
     @classmethod
     def from_config(cls, config) -> S3Store:
@@ -68,8 +78,16 @@ class S3Store(BlobStore):
                                                     aws_secret_access_key=self.aws_secret or None,
                                                     region_name=self.region)
                     self._client = session.client("s3", endpoint_url=self.endpoint or None, config=self._config)
+                    self._stream_client = session.client("s3", endpoint_url=self.endpoint or None,
+                                                         config=self._stream_config)
+                    # No `Expect: 100-continue` round trip before each streamed body.
+                    self._stream_client.meta.events.register("before-send.s3.PutObject", _no_expect)
                     self._client_pid = os.getpid()
         return self._client
+
+    def stream_client(self):
+        self.client()
+        return self._stream_client
 
     def has(self, hash_: str) -> bool:
         check_hash(hash_)
@@ -137,6 +155,17 @@ class S3Store(BlobStore):
             raise self._error("put", hash_, exc) from None
         metrics.S3_OUT_BYTES.inc(len(data))  # counted when stored (reflector.go also counted failures)
 
+    def stream_upload(self, hash_: str, size: int) -> Upload:
+        """A PUT that sends the blob as it arrives (overlapping the receive; see S3Upload), for a caller that
+        lists stored blobs elsewhere (DBBackedStore).
+
+        Not the plain `upload` (which puts the blob whole at commit): S3 stores nothing of a body cut short,
+        but some S3-compatible servers (s3rver) keep what arrived of an aborted PUT. Behind the database that
+        object is never listed, and the next upload of the blob replaces it.
+        """
+        check_hash(hash_)
+        return S3Upload(self, hash_, size)
+
     def delete(self, hash_: str) -> None:
         check_hash(hash_)
         try:
@@ -168,6 +197,97 @@ class S3Store(BlobStore):
         if isinstance(exc, ConnectTimeoutError | ReadTimeoutError):
             return OriginError(f"{subject}: i/o timeout ({exc})")
         return OriginError(f"{subject}: {exc}")
+
+
+class _Body:
+    """The body of a streamed PUT: `read` hands over the bytes written so far, waiting for more.
+
+    The final byte is held back until `release` (the caller has verified the SHA-384 by then), so S3
+    cannot complete the object before that; `fail` makes `read` raise, which aborts the PUT, and S3 keeps
+    nothing of a body shorter than its Content-Length. Every byte is also kept for a whole-blob retry
+    (a blob is at most 2 MiB).
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self.data = bytearray()
+        self._pos = 0
+        self._limit = 0
+        self._failed = False
+        self._cond = threading.Condition()
+
+    def feed(self, chunk) -> None:
+        with self._cond:
+            self.data += chunk
+            self._limit = min(len(self.data), self.size - 1)
+            self._cond.notify_all()
+
+    def release(self) -> None:
+        with self._cond:
+            self._limit = len(self.data)
+            self._cond.notify_all()
+
+    def fail(self) -> None:
+        with self._cond:
+            self._failed = True
+            self._cond.notify_all()
+
+    def read(self, n: int = -1) -> bytes:
+        with self._cond:
+            while not self._failed and self._pos >= self._limit and self._pos < self.size:
+                self._cond.wait()
+            if self._failed:
+                raise OSError("upload aborted")
+            end = self._limit if n is None or n < 0 else min(self._limit, self._pos + n)
+            chunk = bytes(self.data[self._pos:end])
+            self._pos = end
+            return chunk
+
+
+class S3Upload(Upload):
+    """S3Store.upload: the PUT starts with the first bytes and runs (a thread, or a greenlet in a gevent
+    worker) while the rest arrive; `commit` sends the held-back final byte and waits for S3's answer. If
+    the stream fails, the blob is put again whole, with retries, before `commit` returns."""
+
+    def __init__(self, store: S3Store, hash_: str, size: int):
+        self.store, self.hash, self.size = store, hash_, size
+        self.body = _Body(size)
+        self._error: Exception | None = None
+        self._thread: threading.Thread | None = None
+
+    def _put(self) -> None:
+        extra = {"ACL": self.store.acl} if self.store.acl else {}
+        try:
+            self.store.stream_client().put_object(Bucket=self.store.bucket, Key=self.hash, Body=self.body,
+                                                  ContentLength=self.size, **extra)
+        except Exception as exc:  # reported by commit, which then puts the blob whole
+            self._error = exc
+
+    def write(self, chunk) -> None:
+        if len(self.body.data) + len(chunk) > self.size:
+            raise ValueError(f"blob {self.hash[:8]}: more than the {self.size} bytes announced")
+        self.body.feed(chunk)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._put, name=f"s3-put-{self.hash[:8]}", daemon=True)
+            self._thread.start()
+
+    def commit(self) -> None:
+        if len(self.body.data) != self.size:
+            raise ValueError(f"blob {self.hash[:8]}: {len(self.body.data)} of {self.size} bytes written")
+        self.body.release()
+        self._thread.join()
+        if self._error is not None:
+            log.info("s3: streamed put of %s failed (%s); putting it whole", self.hash[:8], self._error)
+            self.store.put(self.hash, bytes(self.body.data))
+            return
+        metrics.S3_OUT_BYTES.inc(self.size)
+
+    def abort(self) -> None:
+        self.body.fail()  # the PUT stops short of its Content-Length: S3 stores nothing
+
+
+def _no_expect(request, **kwargs) -> None:
+    del request.headers["Expect"]  # (no error when absent)
 
 
 def _code(exc: ClientError) -> str:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
-import sys
 import threading
 import time
 from collections import Counter
@@ -37,8 +36,9 @@ from collections.abc import Iterator
 from appliance import ipc, metrics, misses
 from appliance.blob import check_hash
 from appliance.errors import BlobNotFound, FirstByteTimeout, HashMismatch, IdleTimeout, OriginError
-from appliance.stores.base import Blob, BlobStore, BlobStream, StreamedBlob
+from appliance.stores.base import Blob, BlobStore, BlobStream, StreamedBlob, Upload
 from appliance.stores.disk import BlobWriter, DiskStore
+from appliance.stores.offhub import off_hub
 from appliance.stores.singleflight import SingleFlightStore
 
 log = logging.getLogger("store")
@@ -46,27 +46,6 @@ log = logging.getLogger("store")
 FETCH_TIMEOUT = 120.0  # a waiter gives up on another worker's fetch after this long
 REPORT_INTERVAL = 0.5
 UNAVAILABLE_LOG_INTERVAL = 60.0  # "cache manager unavailable" is logged once per this many seconds
-
-
-def off_hub(fn, *args):
-    """Call a blocking disk write (write + fsync) in gevent's thread pool inside a gevent worker, so the
-    worker keeps serving its other clients meanwhile; a plain call anywhere else (threads, scripts)."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is None or not monkey.is_module_patched("threading"):
-        return fn(*args)
-    import gevent
-
-    failed, value = gevent.get_hub().threadpool.apply(_outcome, (fn, args))
-    if failed:
-        raise value
-    return value
-
-
-def _outcome(fn, args: tuple) -> tuple[bool, object]:
-    try:
-        return False, fn(*args)
-    except Exception as exc:  # raised again in the caller (gevent would also print it as a traceback)
-        return True, exc
 
 
 class CacheManagerClient:
@@ -303,6 +282,11 @@ class TieredStore(BlobStore):
         if self.on_stored is not None:
             self.on_stored(hash_, True)
 
+    def upload(self, hash_: str, size: int) -> Upload:
+        """A content blob streamed into the origin and, alongside, into cache copies; `commit` returns
+        once the origin holds it durably (the copies are renamed into place after that)."""
+        return _TeeUpload(self, hash_, size)
+
     def _write_through(self, hash_: str, data: bytes) -> None:
         """Copy an upload (durable at the origin already) into the disk caches, room reserved first."""
         if not self.caches:
@@ -463,3 +447,58 @@ def count_origin_failure(exc: BaseException) -> None:
     else:
         reason = "error"
     metrics.ORIGIN_FAILURES_TOTAL.labels(reason=reason).inc()
+class _TeeUpload(Upload):
+    """TieredStore.upload: every chunk goes to the origin's upload and to a cache copy per disk cache that
+    the manager admitted it into (room is made before the first byte, so a full cache never overshoots)."""
+
+    def __init__(self, tiered: TieredStore, hash_: str, size: int):
+        self.tiered = tiered
+        self.hash = hash_
+        self.size = size
+        self.origin = tiered.origin.upload(hash_, size)
+        self.copies: dict[int, BlobWriter] = {}
+        for i, (cache, keep) in enumerate(zip(tiered.caches, self._room(), strict=True)):
+            if keep:
+                try:
+                    self.copies[i] = cache.writer(hash_, durable=False, verify=False)
+                except OSError as exc:
+                    tiered._copy_failed(i, exc)
+
+    def _room(self) -> list[bool]:
+        tiered = self.tiered
+        if not tiered.caches or tiered.manager is None:
+            return [True] * len(tiered.caches)
+        try:
+            return tiered.manager.admit(self.hash, self.size)
+        except (ipc.IpcError, TimeoutError) as exc:  # no room was made: the caches do without this copy
+            log.warning("cache manager did not make room for upload %s: %s", self.hash[:8], exc)
+            return [False] * len(tiered.caches)
+
+    def write(self, chunk) -> None:
+        self.origin.write(chunk)
+        for i, copy in list(self.copies.items()):
+            try:
+                copy.write(chunk)
+            except OSError as exc:  # the origin has the blob; the cache only loses a copy
+                self._drop(i, exc)
+
+    def commit(self) -> None:
+        self.origin.commit()  # durable in the origin: what the receipt promises
+        misses.stored(self.hash)
+        for i, copy in list(self.copies.items()):
+            try:
+                copy.commit()
+            except OSError as exc:
+                self._drop(i, exc)
+        if self.tiered.on_stored is not None:
+            self.tiered.on_stored(self.hash, False)
+
+    def abort(self) -> None:
+        self.origin.abort()
+        for copy in self.copies.values():
+            copy.abort()
+
+    def _drop(self, i: int, exc: OSError) -> None:
+        self.copies.pop(i).abort()
+        self.tiered._copy_failed(i, exc)
+        self.tiered._room_made(i, exc, self.size)

@@ -1,14 +1,16 @@
-"""scripts/bench ingest: upload ingest through the full stack vs local storage, in the same run (issue 6).
+"""scripts/bench ingest: raw-protocol upload ingest, ours vs a no-fsync reference, local vs S3 + MySQL (issue 19).
 
-Full stack: an SDK-style client (ours: handshake v1, sd blob first, `needed_blobs` honoured) -> :5566 of
-`prism reflector` on S3 (moto's server, or s3rver with --s3 s3rver) + MySQL (a throwaway MariaDB started
-as the test fixtures start it), with its default disk cache written through on upload.
-Baseline: the same appliance on local storage, the embedded default (no disk cache in front of it).
-
-Each uploader is a process that reflects its own fresh stream of 2 MiB blobs (encrypted before the clock
-starts); the figure is every byte sent / the wall time from the common start to the last receipt. For 1
-and 8 parallel uploaders it prints MB/s for both stacks, medians of --runs runs, and full stack / local
-storage as the ratio measured in the same run. Everything runs on 127.0.0.1.
+Streams are encoded before anything is timed and kept as files: one directory per stream with its sd blob,
+its content blobs and a manifest. A raw reflector-protocol client (handshake v1, the sd blob, then every
+content blob, each from its file with sendfile, waiting for each receipt) sends one fresh stream per
+upload; each uploader is its own process; the figure is every byte sent / the wall time from the common
+start to the last receipt. In every round, in alternating order:
+- reference: scripts/bench.d/refserver.py, which checks the SHA-384 and stores without fsync (the ceiling);
+- ours: `prism reflector` on local storage (the embedded default: durable, no disk cache);
+- full: `prism reflector` on S3 (moto's server, or s3rver with --s3 s3rver) + MySQL (a throwaway MariaDB,
+  as the test fixtures start it), with its default disk cache written through on upload.
+It prints medians of the per-round ratios: ours/reference at 1 uploader, ours 8 uploaders / ours 1, and
+full/ours at 1 and at 8 uploaders. Everything runs on 127.0.0.1.
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,40 +31,89 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from appliance.clients.reflector import ReflectorClient  # noqa: E402
 from appliance.stream import StreamEncoder  # noqa: E402
 from tests.appliance_process import Appliance  # noqa: E402
 from tests.servers import mariadb as mariadb_server  # noqa: E402
 from tests.servers.s3 import S3Server  # noqa: E402
 
 MB = 1_000_000
+PARALLEL = 8
 
 
-def uploader(port: int, stream_bytes: int, start: mp.Barrier, results: mp.Queue) -> None:
-    """One uploader process: make a stream, wait for the common start, reflect it, report (bytes, end)."""
-    encoder = StreamEncoder(io.BytesIO(os.urandom(stream_bytes)), stream_name="ingest.bin")
-    blobs = {info.blob_hash: data for info, data in encoder.blobs()}
+def encode_stream(directory: Path, size: int) -> None:
+    """A fresh random stream as files: <sd hash>, <blob hash>..., manifest.json."""
+    directory.mkdir(parents=True)
+    encoder = StreamEncoder(io.BytesIO(os.urandom(size)), stream_name="ingest.bin")
+    blobs = []
+    for info, data in encoder.blobs():
+        (directory / info.blob_hash).write_bytes(data)
+        blobs.append([info.blob_hash, len(data)])
     sd = encoder.descriptor
+    (directory / sd.sd_hash).write_bytes(sd.raw)
+    (directory / "manifest.json").write_text(json.dumps({"sd": [sd.sd_hash, len(sd.raw)], "blobs": blobs}))
+
+
+class Replies:
+    """The server's JSON replies on one connection, one at a time."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock, self.buf, self.decoder = sock, b"", json.JSONDecoder()
+
+    def next(self) -> dict:
+        while True:
+            text = self.buf.lstrip()
+            if text:
+                try:
+                    obj, end = self.decoder.raw_decode(text.decode())
+                    self.buf = text[end:]
+                    return obj
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    pass
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            self.buf += chunk
+
+
+def raw_upload(port: int, stream: Path) -> int:
+    """Reflect one stream from its files over one connection; returns the bytes of blobs sent."""
+    manifest = json.loads((stream / "manifest.json").read_text())
+    with socket.create_connection(("127.0.0.1", port), timeout=300) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        replies = Replies(sock)
+        sock.sendall(b'{"version": 1}')
+        if replies.next().get("version") != 1:
+            raise RuntimeError("handshake refused")
+        sent = 0
+        for i, (name, size) in enumerate([manifest["sd"], *manifest["blobs"]]):
+            kind = "sd_blob" if i == 0 else "blob"
+            sock.sendall(json.dumps({f"{kind}_hash": name, f"{kind}_size": size}).encode())
+            if replies.next().get(f"send_{kind}") is not True:
+                raise RuntimeError(f"the server did not ask for {kind} {name[:8]}: the stream is not fresh")
+            with open(stream / name, "rb") as f:
+                sock.sendfile(f)
+            if replies.next().get(f"received_{kind}") is not True:
+                raise RuntimeError(f"no receipt for {kind} {name[:8]}")
+            sent += size
+    return sent
+
+
+def uploader(port: int, stream: Path, start: mp.Barrier, results: mp.Queue) -> None:
     start.wait()
     try:
-        with ReflectorClient("127.0.0.1", port, timeout=300) as client:
-            stats = client.send_stream(sd.sd_hash, sd.raw, blobs.__getitem__)
-        if stats.blobs_sent != len(blobs):
-            raise RuntimeError(f"the server took {stats.blobs_sent} of {len(blobs)} blobs")
-        results.put((stats.bytes_sent, time.monotonic(), None))
+        results.put((raw_upload(port, stream), time.monotonic(), None))
     except Exception as exc:  # reported to the parent, which stops the benchmark with it
         results.put((0, time.monotonic(), f"{type(exc).__name__}: {exc}"))
 
 
-def ingest(port: int, uploaders: int, total_bytes: int) -> float:
-    """MB/s of `uploaders` parallel uploads of total_bytes / uploaders each."""
+def ingest(port: int, streams: list[Path]) -> float:
+    """MB/s of one uploader per stream, all started at once."""
     ctx = mp.get_context("fork")
-    start, results = ctx.Barrier(uploaders + 1), ctx.Queue()
-    procs = [ctx.Process(target=uploader, args=(port, total_bytes // uploaders, start, results))
-             for _ in range(uploaders)]
+    start, results = ctx.Barrier(len(streams) + 1), ctx.Queue()
+    procs = [ctx.Process(target=uploader, args=(port, s, start, results)) for s in streams]
     for p in procs:
         p.start()
-    start.wait(timeout=600)  # every stream is encrypted: the clock starts now, for all of them at once
+    start.wait(timeout=120)
     started = time.monotonic()
     outcomes = [results.get(timeout=900) for _ in procs]
     for p in procs:
@@ -71,16 +124,29 @@ def ingest(port: int, uploaders: int, total_bytes: int) -> float:
     return sum(sent for sent, _, _ in outcomes) / (max(end for _, end, _ in outcomes) - started) / MB
 
 
+class Reference:
+    """scripts/bench.d/refserver.py in its own process."""
+
+    def __init__(self, root: Path):
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("refserver.py")), str(root)],
+                                     stdout=subprocess.PIPE, text=True, start_new_session=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("ready "):
+            raise SystemExit("bench ingest: the reference server did not start")
+        self.port = int(line.split()[1])
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
 class Stacks:
-    """The two appliances under test, and the MariaDB and S3 servers behind the full stack."""
+    """The appliances under test, and the MariaDB and S3 servers behind the full stack (started by full())."""
 
     def __init__(self, tmp: Path, s3: str, workers: int):
         self.tmp = tmp
-        self.mariadb = mariadb_server.MariaDB()
-        self.mariadb.start()
-        self.mariadb.create_user()
+        self.mariadb = None
         self.s3 = S3Server(s3)
-        self.s3.start()
         self.workers = workers
         self.apps: list[Appliance] = []
 
@@ -91,6 +157,10 @@ class Stacks:
 
     def full(self) -> tuple[Appliance, object]:
         """A fresh database and bucket, and an appliance on them; returns (appliance, bucket)."""
+        self.mariadb = mariadb_server.MariaDB()
+        self.mariadb.start()
+        self.mariadb.create_user()
+        self.s3.start()
         db = self.mariadb.create_database(with_schema=True)
         bucket = self.s3.bucket()
         conf = self.tmp / f"{db.name}.json"
@@ -101,7 +171,8 @@ class Stacks:
         for app in self.apps:
             app.kill_all()
         self.s3.stop()
-        self.mariadb.destroy()
+        if self.mariadb is not None:
+            self.mariadb.destroy()
 
 
 def empty_bucket(bucket) -> None:
@@ -115,35 +186,62 @@ def empty_bucket(bucket) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench ingest", description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--mb", type=int, default=64, help="MB uploaded per measurement, split among the uploaders")
-    parser.add_argument("--uploaders", default="1,8", help="comma-separated numbers of parallel uploaders")
+    parser.add_argument("--runs", type=int, default=3, help="rounds; medians of the per-round ratios")
+    parser.add_argument("--stream-mb", type=int, default=64, help="MiB of plain data per stream")
     parser.add_argument("--s3", choices=("moto", "s3rver"), default="moto")
     parser.add_argument("--workers", type=int, default=2, help="appliance worker processes (both stacks)")
+    parser.add_argument("--no-full", action="store_true", help="skip the S3 + MySQL stack")
     args = parser.parse_args()
-    counts = [int(n) for n in args.uploaders.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    stacks = Stacks(tmp, args.s3, args.workers)
+    stacks = None
+    reference = None
     try:
-        local = stacks.start("local")  # local storage: the embedded default
-        full, bucket = stacks.full()
-        print(f"upload ingest, {args.mb} MB of 2 MiB blobs per measurement, {args.workers} workers, "
-              f"{os.cpu_count()} cores, medians of {args.runs} runs")
-        print(f"full stack: :5566 -> {args.s3} S3 + MariaDB (+ default disk cache); baseline: local storage")
-        print(f"{'uploaders':>9}  {'full MB/s':>10}  {'local MB/s':>10}  {'full/local':>10}")
-        for n in counts:
-            fulls, locals_, ratios = [], [], []
-            for _ in range(args.runs):
-                f = ingest(full.ports["receiver"], n, args.mb * MB)
+        started = time.monotonic()
+        todo = [(tmp / "streams" / f"s{i}", args.stream_mb * 1024 * 1024) for i in range(args.runs * (1 + PARALLEL))]
+        with mp.get_context("fork").Pool(os.cpu_count() or 1) as pool:
+            pool.starmap(encode_stream, todo)
+        streams = [d for d, _ in todo]
+        print(f"encoded {len(streams)} streams of {args.stream_mb} MiB in {time.monotonic() - started:.0f}s")
+        reference = Reference(tmp / "reference")
+        stacks = Stacks(tmp, args.s3, args.workers)
+        ours = stacks.start("local")
+        full, bucket = (None, None) if args.no_full else stacks.full()
+        print(f"raw-protocol ingest, one fresh {args.stream_mb} MiB stream per uploader, {args.workers} workers, "
+              f"{os.cpu_count()} cores, medians of {args.runs} rounds")
+        figures: dict[str, list[float]] = {}
+
+        def measure(name: str, port: int, batch: list[Path]) -> None:
+            figures.setdefault(name, []).append(ingest(port, batch))
+            if name.startswith("full"):
                 empty_bucket(bucket)
-                loc = ingest(local.ports["receiver"], n, args.mb * MB)
-                fulls.append(f)
-                locals_.append(loc)
-                ratios.append(f / loc)
-            print(f"{n:>9}  {statistics.median(fulls):>10.1f}  {statistics.median(locals_):>10.1f}  "
-                  f"{statistics.median(ratios):>10.2f}")
+
+        for r in range(args.runs):
+            one, many = streams[r * (1 + PARALLEL)], streams[r * (1 + PARALLEL) + 1:(r + 1) * (1 + PARALLEL)]
+            plan = [("reference 1", reference.port, [one]), ("ours 1", ours.ports["receiver"], [one]),
+                    (f"ours {PARALLEL}", ours.ports["receiver"], many)]
+            if full is not None:
+                plan += [("full 1", full.ports["receiver"], [one]), (f"full {PARALLEL}", full.ports["receiver"], many)]
+            for name, port, batch in plan if r % 2 == 0 else reversed(plan):
+                measure(name, port, batch)
+            done = ", ".join(f"{k} {v[-1]:.0f}" for k, v in figures.items())
+            print(f"  round {r + 1} MB/s: {done}", flush=True)
+
+        def ratio(a: str, b: str) -> str:
+            return f"{statistics.median(x / y for x, y in zip(figures[a], figures[b], strict=True)):.2f}"
+
+        for name, values in figures.items():
+            print(f"{name:>12}: {statistics.median(values):7.1f} MB/s (median)")
+        print(f"ours/reference, 1 uploader:        {ratio('ours 1', 'reference 1')}  (goal >= 0.9)")
+        print(f"ours {PARALLEL} uploaders / ours 1:         {ratio(f'ours {PARALLEL}', 'ours 1')}  (goal >= 1.6)")
+        if full is not None:
+            print(f"{args.s3} S3 + MySQL / local, 1 uploader: {ratio('full 1', 'ours 1')}  (goal >= 0.9 with s3rver)")
+            many = ratio(f"full {PARALLEL}", f"ours {PARALLEL}")
+            print(f"{args.s3} S3 + MySQL / local, {PARALLEL} uploaders: {many}")
     finally:
-        stacks.close()
+        if reference is not None:
+            reference.stop()
+        if stacks is not None:
+            stacks.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
