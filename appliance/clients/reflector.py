@@ -56,7 +56,8 @@ class ReflectorClient:
         """Open the connection and handshake (done by the first send when not called explicitly)."""
         if self._conn is not None:
             return
-        self._conn = Connection(self.host, self.port, self.timeout, JsonFramer(MAX_REPLY, require_brace=False))
+        self._conn = Connection(self.host, self.port, self.timeout, JsonFramer(MAX_REPLY, require_brace=False),
+                                "reflector upload")
         try:
             self._conn.send(codec.encode_handshake(self.version), "handshake")
             self.server_version = codec.parse_handshake_reply(self._conn.read_json("handshake reply"))
