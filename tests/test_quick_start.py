@@ -1,5 +1,6 @@
 """scripts/run (the README's quick start) in a network namespace with only loopback: it starts, serves a
-stream, logs no warning (no outside host it fails to reach), and every listener is on 127.0.0.1."""
+stream, logs no warning (no outside host it fails to reach), every listener is on 127.0.0.1, and
+`appliancectl status` run from / finds it."""
 import json
 import os
 import re
@@ -53,25 +54,28 @@ def listeners(ns: Namespace) -> list[str]:
 
 
 def test_quick_start_stays_on_loopback_and_contacts_no_outside_host(netns, tmp_path):
-    run_dir = tmp_path / "run"
+    run_dir = REPO / "run"  # the quick start's own runtime directory, where appliancectl looks for it
+    assert not (run_dir / "control.sock").exists(), f"a quick start is already running from {REPO}"
     log_path = tmp_path / "run.log"
     prism = str(REPO / ".venv" / "bin" / "prism")
     with open(log_path, "w") as log:
-        # scripts/run as the README runs it; only the data and socket directories go to tmp_path.
+        # scripts/run as the README runs it; only the data directories go to tmp_path.
         app = subprocess.Popen(netns.command(str(REPO / "scripts" / "run"), "--workers", "1",
                                              "--storage-dir", str(tmp_path / "blobs"),
-                                             "--state-dir", str(tmp_path / "state"),
-                                             "--runtime-dir", str(run_dir)),
+                                             "--state-dir", str(tmp_path / "state")),
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        ctl = [str(REPO / ".venv" / "bin" / "appliancectl"), "--runtime-dir", str(run_dir), "status", "--json"]
+        # appliancectl finds the quick start from any directory, with no flag or environment variable.
+        ctl = [str(REPO / ".venv" / "bin" / "appliancectl"), "status", "--json"]
+        env = {k: v for k, v in os.environ.items() if k != "REFLECTOR_RUNTIME_DIR"}
 
         def ready():
             assert app.poll() is None, log_path.read_text()
-            result = netns.run(*ctl)
+            result = netns.run(*ctl, cwd="/", env=env)
             return result.returncode == 0 and "all roles ready" in log_path.read_text() and json.loads(result.stdout)
 
         status = poll(ready, 60, "the quick start to be ready", interval=0.3)
+        assert netns.run(*ctl[:-1], cwd="/", env=env).stdout.startswith("reflector appliance ")
         assert {p["role"] for p in status["processes"]} == {"worker", "cache-manager", "dht", "http3"}
 
         # Every listener, TCP and UDP, on 127.0.0.1, and all the expected ones are there.
