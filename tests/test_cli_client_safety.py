@@ -143,3 +143,37 @@ def test_counts_are_pluralised(server, tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "1 blob sent" in result.stderr and "1 blobs" not in result.stderr
+
+
+def test_getstream_http_against_a_peer_port_says_it_is_not_http(appliance_servers, tmp_path):
+    result = prism("getstream", "--http", f"127.0.0.1:{appliance_servers.ports['peer']}", "ab" * 48, cwd=tmp_path)
+    assert_one_line_error(result, 1, "did not answer in HTTP")
+    assert "leave out --http" in result.stderr and "cannot connect" not in result.stderr
+
+
+def test_send_to_a_peer_port_quotes_its_answer(appliance_servers, tmp_path):
+    result = prism("sendblob", f"127.0.0.1:{appliance_servers.ports['peer']}")
+    assert_one_line_error(result, 1, "does not speak the reflector upload protocol: it sent '{\"")
+
+
+@pytest.mark.parametrize("argv,usage", [
+    (["getstream", "127.0.0.1:1", "ab" * 48, "--bogus"], "usage: prism getstream"),
+    (["reflector", "--worker", "4"], "usage: prism reflector"),  # no prefix matching: --worker is not --workers
+    (["send", "--sd-cach", "x", "127.0.0.1:1", "f"], "usage: prism send"),
+    (["dht", "lookup", "ab" * 48, "--bogus"], "usage: prism dht lookup"),
+])
+def test_a_bad_flag_gets_the_subcommands_own_usage(argv, usage):
+    result = prism(*argv, timeout=60)
+    assert result.returncode == 2, result
+    assert result.stderr.startswith(usage), result.stderr
+    assert "unrecognized arguments" in result.stderr
+
+
+def test_appliancectl_refuses_abbreviations_with_the_verbs_usage():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "appliance.cli.appliancectl", "--runtime=/x", "status"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "unrecognized arguments: --runtime=/x" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "appliance.cli.appliancectl", "status", "--js"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith("usage: appliancectl status")

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from appliance.cli.client_support import CLIENT_TIMEOUT, client_errors, hash_argument
 from appliance.cli.common import CommandError, parse_address, progress
 from appliance.clients.connection import ForeignServer, SilentServer
-from appliance.clients.http import HttpBlobClient
+from appliance.clients.http import HttpBlobClient, NotHttp
 from appliance.clients.peer import PeerClient
 from appliance.errors import ProtocolError
 from appliance.stream import BlobInfo, StreamDescriptor, decrypt_stream, parse_sd_blob, sanitize_file_name
@@ -107,6 +107,11 @@ def http_hint(exc: BaseException) -> str:
     return ""
 
 
+def peer_hint(exc: BaseException) -> str:
+    """What to do when --http reached a server that does not speak HTTP."""
+    return "for a TCP peer port, leave out --http" if isinstance(exc, NotHttp) else ""
+
+
 def run(args: argparse.Namespace) -> int:
     host, port = parse_address(args.address)
     sd_hash = hash_argument(args.sd_hash, "sd hash")
@@ -121,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         client = PeerClient(host, port, timeout=CLIENT_TIMEOUT)
         fetch = client.get_blob
-    hint = None if args.http else http_hint
+    hint = peer_hint if args.http else http_hint
     with client:
         with client_errors(f"cannot get sd blob {sd_hash[:8]} from {host}:{port}", hint):
             descriptor = parse_sd_blob(fetch(sd_hash, None))

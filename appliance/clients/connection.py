@@ -82,7 +82,9 @@ class Connection:
                 self.framer.finish()  # raises if a message was cut off
                 if received:
                     raise UnexpectedEOF(f"unexpected EOF: {self.address} closed the connection inside its {what}")
-                raise ClosedBeforeReply(f"unexpected EOF: {self.address} closed the connection before its {what}")
+                hint = "" if self.heard else f" (not a {self.protocol} server?)"
+                raise ClosedBeforeReply(f"unexpected EOF: {self.address} closed the connection before its {what}"
+                                        + hint)
             received = True
             try:
                 self.framer.feed(data)
