@@ -115,13 +115,10 @@ def test_quick_start_stays_on_loopback_and_contacts_no_outside_host(netns, tmp_p
     assert not re.search(r"lbry\.com|odysee\.com", text), text
 
 
-def test_run_script_uses_the_generated_quick_start_config():
+def test_run_script_uses_the_quick_start_config():
     from appliance import configfile
 
-    assert configfile.DIST_QUICK_START.read_text() == configfile.render_config(configfile.QUICK_START_PROFILE,
-                                                                                 "quick-start")
-    script = (REPO / "scripts" / "run").read_text()
-    assert "--conf config/quick-start.toml" in script
+    assert f"--conf {configfile.DIST_QUICK_START.relative_to(REPO)}" in (REPO / "scripts" / "run").read_text()
     result = subprocess.run([sys.executable, "-m", "appliance.configfile", "--check",
                              str(configfile.DIST_QUICK_START)], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr

@@ -114,7 +114,8 @@ def empty_bucket(bucket) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="scripts/bench ingest", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="scripts/bench ingest", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--mb", type=int, default=64, help="MB uploaded per measurement, split among the uploaders")
     parser.add_argument("--uploaders", default="1,8", help="comma-separated numbers of parallel uploaders")
