@@ -46,7 +46,7 @@ class Connection:
     `protocol` names what the client speaks ("TCP peer", "reflector upload") in the errors raised when
     the server answers in something else (ForeignServer) or never answers at all (SilentServer)."""
 
-    def __init__(self, host: str, port: int, timeout: float, framer: JsonFramer, protocol: str):
+    def __init__(self, host: str, port: int, timeout: float, framer: JsonFramer, protocol: str = "LBRY TCP"):
         self.address = f"{host}:{port}"
         self.timeout = timeout
         self.framer = framer
