@@ -113,8 +113,8 @@ SETTINGS: list[Setting] = [
     S("http3_peer_port", "int", 5568, "HTTP/3 blob port (UDP); 0 disables HTTP/3", "ports", range=PORT_OR_OFF),
     S("http_peer_port", "int", 5569, "HTTP blob port", "ports", range=PORT_OR_OFF),
     S("metrics_port", "int", 2112, "Prometheus /metrics port", "ports", range=PORT_OR_OFF),
-    S("listen_address", "str", "", "IPv4 address the TCP servers listen on; empty = all interfaces (reflector.go)",
-      "ports", check=_ipv4_or_empty),
+    S("listen_address", "str", "", "IPv4 address every listener (TCP, UDP, metrics) binds; empty = all interfaces "
+      "(reflector.go)", "ports", check=_ipv4_or_empty),
     S("standalone_peer_port", "int", 3333, "TCP peer port of `prism peer` (reflector.go: always 3333)", "ports",
       flag="--port", range=PORT),
     # --- behaviour (reflector.go's flags) -------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The commented config file and secrets example, rendered from appliance/config.py's SETTINGS table.
 
-    python -m appliance.configfile [--service]   print the config (--service: the installed appliance's paths)
+    python -m appliance.configfile [--service | --quick-start]   print the config (--service: the installed
+                                                 appliance's; --quick-start: scripts/run's, loopback only)
     python -m appliance.configfile --secrets     print the secrets example
-    python -m appliance.configfile --update      rewrite config/reflector-appliance.toml and
-                                                 config/secrets.toml.example in this checkout
+    python -m appliance.configfile --update      rewrite config/reflector-appliance.toml, config/quick-start.toml
+                                                 and config/secrets.toml.example in this checkout
     python -m appliance.configfile --check FILE  validate a config file (and its secrets file); exit 1 if bad
 """
 from __future__ import annotations
@@ -29,6 +30,24 @@ SERVICE_PROFILE: dict[str, Any] = {
     "cache_dir": "/var/cache/reflector-appliance",
     "runtime_dir": "/run/reflector-appliance",
     "secrets_file": SERVICE_SECRETS,
+    # What the service exposes and whom it contacts, stated rather than left to the defaults: a service
+    # joins LBRY's network as reflector.go does (all interfaces, LBRY's DHT seeds, blocklist and
+    # protected-content list). Narrow any of them here.
+    "listen_address": "",
+    "dht_seeds": cfg.LBRY_DHT_SEEDS,
+    "disable_blocklist": False,
+    "protected_content_url": cfg.BY_KEY["protected_content_url"].default,
+}
+
+# scripts/run's profile: a standalone reflector that stays on this machine. Every listener (TCP, HTTP/3
+# and DHT udp, metrics) on 127.0.0.1; no DHT seeds, no LBRY blocklist, no protected-content list, so no
+# outside host is contacted. Paths stay relative to the checkout (scripts/run runs from its root).
+QUICK_START_PROFILE: dict[str, Any] = {
+    "listen_address": "127.0.0.1",
+    "dht_seeds": [],
+    "disable_blocklist": True,
+    "protected_content_url": "",
+    "use_db": False,  # no MySQL: blobs and streams are tracked on local storage
 }
 
 GROUP_TITLES = {
@@ -50,6 +69,22 @@ GROUP_TITLES = {
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DIST_CONFIG = REPO_ROOT / "config" / "reflector-appliance.toml"
 DIST_SECRETS = REPO_ROOT / "config" / "secrets.toml.example"
+DIST_QUICK_START = REPO_ROOT / "config" / "quick-start.toml"
+PROFILE_TITLES = {"service": ("installed service", " --service"), "quick-start": ("quick start", " --quick-start")}
+PROFILE_NOTES = {
+    "service": [
+        "# This profile states what the service exposes and whom it contacts: as reflector.go, it listens on",
+        "# every interface and contacts LBRY's DHT seeds, blocklist API and protected-content list.",
+    ],
+    "quick-start": [
+        "# scripts/run's profile: every listener (TCP, UDP, metrics) on 127.0.0.1, and no outside host contacted",
+        "# (no DHT seeds, no LBRY blocklist, no protected-content list). To open it up, set or pass:",
+        '#   listen_address = ""  (--listen-address 0.0.0.0)  listen on every interface',
+        "#   dht_seeds = [...]     (--dht-seeds HOST:PORT,...)  join a DHT (LBRY's: lbrynet1..4.lbry.com:4444)",
+        "#   disable_blocklist = false  (--disable-blocklist=false)  apply LBRY's blocklist (api.lbry.com)",
+        '#   protected_content_url = "https://api.odysee.com/file/list_protected"  (--protected-content-url URL)',
+    ],
+}
 REGENERATE = ".venv/bin/python -m appliance.configfile --update"
 
 
@@ -84,23 +119,27 @@ def _groups() -> dict[str, list[cfg.Setting]]:
     return groups
 
 
-def render_config(profile: dict[str, Any] | None = None) -> str:
-    """The commented config: every non-secret setting with its default; `profile` values are set for real."""
+def render_config(profile: dict[str, Any] | None = None, name: str = "service") -> str:
+    """The commented config: every non-secret setting with its default; `profile` values are set for real.
+
+    `name` ("service" or "quick-start") titles a profiled config."""
     profile = profile or {}
+    title, option = PROFILE_TITLES[name] if profile else ("", "")
     unknown = set(profile) - set(cfg.BY_KEY)
     if unknown:
         raise ValueError(f"profile sets unknown settings: {', '.join(sorted(unknown))}")
     secret_keys = [s.key for s in cfg.SETTINGS if s.secret]
     out = [
-        "# reflector-appliance configuration" + (" (installed service)" if profile else ""),
+        "# reflector-appliance configuration" + (f" ({title})" if title else ""),
         "#",
-        "# Generated from appliance/config.py by `python -m appliance.configfile"
-        + (" --service`." if profile else "`."),
+        f"# Generated from appliance/config.py by `python -m appliance.configfile{option}`.",
         "# A commented line `# key = value` shows the built-in default: uncomment it to change the value.",
         "# Precedence: built-in defaults < this file < secrets_file < command-line flags.",
         f"# Secret settings ({', '.join(secret_keys)}) belong in secrets_file, not here.",
         "# reflector.go's config.json is accepted too (--conf config.json): its keys are the same settings.",
     ]
+    if profile:
+        out += ["#", *PROFILE_NOTES[name]]
     for group, settings in _groups().items():
         visible = [s for s in settings if not s.secret]
         if not visible:
@@ -165,10 +204,12 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m appliance.configfile",
+    parser = argparse.ArgumentParser(prog="python -m appliance.configfile", allow_abbrev=False,
                                      description="Render or check the appliance's config file.")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--service", action="store_true", help="the installed service's profile (/var/lib, /run, ...)")
+    what.add_argument("--quick-start", action="store_true",
+                      help="scripts/run's profile: listens on 127.0.0.1 only, contacts no outside host")
     what.add_argument("--secrets", action="store_true", help="print the secrets file example")
     what.add_argument("--update", action="store_true", help="rewrite the generated files under config/")
     what.add_argument("--check", metavar="FILE", help="validate FILE; exit 1 with the problems")
@@ -185,12 +226,19 @@ def main(argv: list[str] | None = None) -> int:
             print("configfile: --update works in a checkout (no config/ directory beside appliance/)",
                   file=sys.stderr)
             return 1
-        write_atomic(DIST_CONFIG, render_config(SERVICE_PROFILE))
-        write_atomic(DIST_SECRETS, render_secrets_example())
-        print(f"wrote {DIST_CONFIG.relative_to(REPO_ROOT)} and {DIST_SECRETS.relative_to(REPO_ROOT)}")
+        written = [(DIST_CONFIG, render_config(SERVICE_PROFILE)),
+                   (DIST_QUICK_START, render_config(QUICK_START_PROFILE, "quick-start")),
+                   (DIST_SECRETS, render_secrets_example())]
+        for path, text in written:
+            write_atomic(path, text)
+        print("wrote " + ", ".join(str(path.relative_to(REPO_ROOT)) for path, _ in written))
         return 0
-    sys.stdout.write(render_secrets_example() if args.secrets else
-                     render_config(SERVICE_PROFILE if args.service else None))
+    if args.secrets:
+        sys.stdout.write(render_secrets_example())
+    elif args.quick_start:
+        sys.stdout.write(render_config(QUICK_START_PROFILE, "quick-start"))
+    else:
+        sys.stdout.write(render_config(SERVICE_PROFILE if args.service else None))
     return 0
 
 

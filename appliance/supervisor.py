@@ -645,7 +645,8 @@ class Supervisor:
         for child in self.children.values():
             if not child.retiring:
                 counts[child.role] = counts.get(child.role, 0) + 1
-        parts = [f"{counts.get('worker', 0)} workers"]
+        workers = counts.get("worker", 0)
+        parts = [f"{workers} worker{'' if workers == 1 else 's'}"]
         parts += [role for role in ("cache-manager", "dht", "http3") if counts.get(role)]
         state = "stopping" if self.stopping else ("draining" if self.draining_since is not None else (
             "reloading" if self.reloading else ("ready" if self.ready_sent else "starting")))
@@ -855,8 +856,8 @@ class Supervisor:
     # -- main loop ----------------------------------------------------------------------------------
     def run(self) -> int:
         self.install_signals()
-        log.info("reflector appliance %s starting (pid %d, %d workers, runtime %s)", __version__, os.getpid(),
-                 self.target_workers, self.runtime_dir)
+        log.info("reflector appliance %s starting (pid %d, %d worker%s, runtime %s)", __version__, os.getpid(),
+                 self.target_workers, "" if self.target_workers == 1 else "s", self.runtime_dir)
         self.manage()
         while True:
             try:

@@ -22,7 +22,8 @@ want=$(cat setup.py pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+# The test install includes the plain one: scripts/run after scripts/test installs nothing.
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] && [ "$(cat ".venv/.installed[test]" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing the appliance and its dependencies into .venv" >&2
   .venv/bin/pip install -q --disable-pip-version-check --upgrade pip wheel >/dev/null
   .venv/bin/pip install -q --disable-pip-version-check -e ".$extra"

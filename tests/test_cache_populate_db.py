@@ -51,7 +51,7 @@ def test_records_every_blob_with_its_size_and_can_be_rerun(mysql_db, tmp_path):
                    cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "recorded 40 blobs" in result.stdout and f"({sum(blobs.values())} bytes)" in result.stdout
-    assert "1 other files skipped" in result.stdout
+    assert "1 other file skipped" in result.stdout
     rows = {h: (stored, length, accessed) for h, stored, length, accessed in
             mysql_db.query("SELECT hash, is_stored, length, last_accessed_at FROM blob_")}
     assert set(rows) == set(blobs)  # tmp/, README and notes.txt are not blobs

@@ -42,8 +42,8 @@ def test_upload_a_directory_to_s3_and_mysql(tmp_path, s3_bucket, mysql_db):
     done = prism("upload", str(blobs_dir), "--workers", "4", "--conf", conf)
     assert done.returncode == 1  # the misnamed file is an error
     assert done.stderr.count("\n") == 1 and "file name does not match hash" in done.stderr and str(wrong) in done.stderr
-    assert done.stdout.strip() == (f"uploaded {blobs_dir}: 5 files, 0 already stored, 1 sd blobs, "
-                                   "3 content blobs, 1 errors")
+    assert done.stdout.strip() == (f"uploaded {blobs_dir}: 5 files, 0 already stored, 1 sd blob, "
+                                   "3 content blobs, 1 error")
     assert s3_bucket.keys() == {stream.sd_hash, *stream.blobs}
     rows = dict(mysql_db.query("SELECT hash, is_stored FROM blob_"))
     assert rows == {h: 1 for h in (stream.sd_hash, *stream.blobs)}
@@ -58,7 +58,7 @@ def test_upload_a_directory_to_s3_and_mysql(tmp_path, s3_bucket, mysql_db):
     s3_bucket.client().delete_object(Bucket=s3_bucket.bucket, Key=h3)
     forced = prism("upload", str(blobs_dir), "--skipExistsCheck", "--deleteBlobsAfterUpload=true", "--conf", conf)
     assert forced.returncode == 0, forced.stderr
-    assert "4 files, 0 already stored, 1 sd blobs, 3 content blobs, 0 errors" in forced.stdout
+    assert "4 files, 0 already stored, 1 sd blob, 3 content blobs, 0 errors" in forced.stdout
     assert h3 in s3_bucket.keys()
     assert sorted(p.name for p in blobs_dir.rglob("*") if p.is_file()) == ["partial"]
 
@@ -69,7 +69,7 @@ def test_single_file_and_bad_sd_blobs(tmp_path, s3_bucket, mysql_db):
     one = tmp_path / blob_hash(data)
     one.write_bytes(data)
     done = prism("upload", str(one), "--conf", conf)
-    assert done.returncode == 0 and "1 content blobs" in done.stdout
+    assert done.returncode == 0 and "1 content blob," in done.stdout
     bad_sd = json.dumps({"stream_hash": "", "blobs": []}).encode()  # JSON, so an sd blob, but not a valid one
     bad = tmp_path / blob_hash(bad_sd)
     bad.write_bytes(bad_sd)

@@ -23,6 +23,7 @@ def run_configfile(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("path,render", [
     (configfile.DIST_CONFIG, lambda: configfile.render_config(configfile.SERVICE_PROFILE)),
     (configfile.DIST_SECRETS, configfile.render_secrets_example),
+    (configfile.DIST_QUICK_START, lambda: configfile.render_config(configfile.QUICK_START_PROFILE, "quick-start")),
 ])
 def test_generated_files_are_in_step_with_the_settings_table(path, render):
     assert path.read_text() == render(), (
@@ -64,6 +65,23 @@ def test_service_profile_sets_the_service_paths(tmp_path):
     assert config.runtime_dir == "/run/reflector-appliance"
     assert config.secrets_file == "/etc/reflector-appliance/secrets.toml"
     assert not any(s.secret and re.search(rf"^#? ?{s.key} =", path.read_text(), re.M) for s in cfg.SETTINGS)
+
+
+EXPOSURE_KEYS = ("listen_address", "dht_seeds", "disable_blocklist", "protected_content_url")
+
+
+@pytest.mark.parametrize("path", [configfile.DIST_CONFIG, configfile.DIST_QUICK_START])
+def test_packaged_configs_state_what_they_expose_and_contact(path):
+    text = path.read_text()
+    for key in EXPOSURE_KEYS:  # a real line, not a commented default
+        assert re.search(rf"^{key} = ", text, re.M), (path.name, key)
+
+
+def test_quick_start_config_stays_on_the_machine():
+    config = cfg.resolve(cfg.load_file(str(configfile.DIST_QUICK_START)))
+    assert config.listen_address == "127.0.0.1"
+    assert config.dht_seeds == [] and config.disable_blocklist and config.protected_content_url == ""
+    assert config.storage_dir == cfg.BY_KEY["storage_dir"].default  # paths stay the checkout's
 
 
 def test_secrets_file_is_merged_over_the_config(tmp_path):

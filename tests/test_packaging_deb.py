@@ -325,7 +325,12 @@ def test_service_starts_reloads_and_stops_as_the_unit_runs_it(deb, clone, tmp_pa
     settings = {**ports, "listen_address": "127.0.0.1", "workers": 1, "dht_port": free_port(socket.SOCK_DGRAM),
                 "dht_seeds": [], "disable_http3": True, "disable_blocklist": True, "protected_content_url": ""}
     config = clone.path(configfile.SERVICE_CONFIG)
-    config.write_text(config.read_text() + "".join(f"{k} = {configfile.toml_value(v)}\n" for k, v in settings.items()))
+    text = config.read_text()
+    for key, value in settings.items():  # replace the line the shipped config sets, else add one
+        line = f"{key} = {configfile.toml_value(value)}"
+        text, found = re.subn(rf"^{key} = .*$", line.replace("\\", "\\\\"), text, flags=re.M)
+        text += "" if found else line + "\n"
+    config.write_text(text)
 
     # What systemd does before ExecStart: the RuntimeDirectory= directories, owned by the user, with their mode.
     user = passwd_entry(clone, "reflector")

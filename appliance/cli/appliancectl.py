@@ -1,8 +1,6 @@
-"""`appliancectl`: talk to a running appliance over its control socket.
+"""`appliancectl`: talk to a running appliance over its control socket, <runtime_dir>/control.sock.
 
-The socket is <runtime_dir>/control.sock. Without --runtime-dir or --conf, the runtime directory comes
-from the installed service config (/etc/reflector-appliance/config.toml) when it exists, else from the
-embedded default (./run, what `scripts/run` uses).
+Where the appliance is found: see SEARCH_ORDER (also shown by `appliancectl --help`).
 """
 from __future__ import annotations
 
@@ -16,21 +14,66 @@ import time
 
 from appliance import config as cfg
 from appliance import ipc
+from appliance.cli.parsing import harden, parse
 
 SERVICE_CONFIG = "/etc/reflector-appliance/config.toml"
+RUNTIME_DIR_ENV = "REFLECTOR_RUNTIME_DIR"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 TIMEOUT = 10.0  # seconds to wait for an answer
 RELOAD_TIMEOUT = 120.0  # a reload answers once every worker is replaced, or the reload failed
 
+SEARCH_ORDER = f"""\
+Finding the appliance (its runtime directory, which holds control.sock), first match wins:
+  1. --runtime-dir DIR
+  2. --conf FILE: that config's runtime_dir
+  3. ${RUNTIME_DIR_ENV}
+  4. the first of these that holds a control socket:
+     the installed service's runtime_dir (from {SERVICE_CONFIG}),
+     the quick start's (scripts/run of the checkout this appliancectl runs from: <checkout>/run),
+     ./run (the built-in default, relative to the current directory)
+"""
 
-def control_socket(args: argparse.Namespace) -> str:
+
+class NotFound(Exception):
+    """No control socket in any of the places searched; the message lists them."""
+
+
+def _config_runtime_dir(path: str, base: str | None = None) -> str:
+    """runtime_dir of a config file, made absolute (relative to `base`, default the current directory)."""
+    runtime = cfg.resolve(cfg.load_file(path)).runtime_dir
+    return os.path.abspath(os.path.join(base or os.getcwd(), runtime))
+
+
+def _implicit_runtime_dirs() -> list[str]:
+    """Where an appliance runs when nobody said: the installed service, this checkout's quick start, ./run."""
+    from appliance import configfile
+
+    found = []
+    if os.path.exists(SERVICE_CONFIG):
+        found.append(_config_runtime_dir(SERVICE_CONFIG))
+    if configfile.DIST_QUICK_START.exists():  # appliancectl runs from a checkout: scripts/run runs from its root
+        found.append(_config_runtime_dir(str(configfile.DIST_QUICK_START), str(configfile.REPO_ROOT)))
+    found.append(os.path.abspath(cfg.BY_KEY["runtime_dir"].default))
+    return list(dict.fromkeys(found))
+
+
+def control_socket(args: argparse.Namespace, environ: dict | None = None) -> str:
+    """The control socket to use, by SEARCH_ORDER (NotFound when no implicit place has one)."""
+    environ = os.environ if environ is None else environ
     if args.runtime_dir:
-        runtime = args.runtime_dir
+        runtime = os.path.abspath(args.runtime_dir)
+    elif args.conf:
+        runtime = _config_runtime_dir(args.conf)
+    elif environ.get(RUNTIME_DIR_ENV):
+        runtime = os.path.abspath(environ[RUNTIME_DIR_ENV])
     else:
-        path = args.conf or (SERVICE_CONFIG if os.path.exists(SERVICE_CONFIG) else None)
-        values = cfg.load_file(path) if path else {}
-        runtime = cfg.resolve(values).runtime_dir
-    return os.path.join(os.path.abspath(runtime), "control.sock")
+        candidates = [os.path.join(d, "control.sock") for d in _implicit_runtime_dirs()]
+        for path in candidates:
+            if os.path.exists(path):
+                return path
+        raise NotFound("no appliance is running: no control socket at " + ", ".join(candidates)
+                       + f" (give its runtime directory with --runtime-dir DIR or ${RUNTIME_DIR_ENV})")
+    return os.path.join(runtime, "control.sock")
 
 
 def _duration(seconds: float | None) -> str:
@@ -108,9 +151,11 @@ def render_status(status: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="appliancectl", description="Control a running reflector appliance.")
+    parser = argparse.ArgumentParser(prog="appliancectl", description="Control a running reflector appliance.",
+                                     epilog=SEARCH_ORDER, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--runtime-dir", help="the appliance's runtime directory (holds control.sock)")
-    parser.add_argument("--conf", help=f"read runtime_dir from this config (default: {SERVICE_CONFIG} if present)")
+    parser.add_argument("--conf", help="read runtime_dir from this config file")
     parser.add_argument("--timeout", type=float, default=None,
                         help=f"seconds to wait for an answer (default: {TIMEOUT:g}; reload: {RELOAD_TIMEOUT:g})")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
@@ -123,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("reopen-logs", help="reopen log files (like SIGUSR1)")
     sub.add_parser("drain", help="fail health checks (/health 503, TCP ports refuse) while still serving")
     sub.add_parser("undrain", help="end a drain: pass health checks and accept on every port again")
-    args = parser.parse_args(argv)
+    args = parse(harden(parser), argv)
     if not args.verb:
         parser.print_help()
         return EXIT_USAGE
@@ -132,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     except cfg.ConfigError as exc:
         print(f"appliancectl: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except NotFound as exc:
+        print(f"appliancectl: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     timeout = args.timeout if args.timeout is not None else (RELOAD_TIMEOUT if args.verb == "reload" else TIMEOUT)
     client = ipc.IpcClient(path, name="appliance", timeout=timeout)
     try:

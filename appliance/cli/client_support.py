@@ -1,7 +1,7 @@
 """What the client-side `prism` commands (send, sendblob, getstream) share: one-line network errors."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from appliance.blob import InvalidBlobHash, check_hash
@@ -17,14 +17,17 @@ def one_line(exc: BaseException) -> str:
 
 
 @contextmanager
-def client_errors(action: str) -> Iterator[None]:
-    """Turn the expected failures of a network client into `prism: <action>: <reason>`, exit 1."""
+def client_errors(action: str, hint: Callable[[BaseException], str] | None = None) -> Iterator[None]:
+    """Turn the expected failures of a network client into `prism: <action>: <reason>[; <hint>]`, exit 1.
+
+    `hint(exc)` may add what to do about it (e.g. "add --http"); an empty string adds nothing."""
     try:
         yield
     except CommandError:
         raise
     except (BlobNotFound, OriginError, ProtocolError, OSError, ValueError) as exc:
-        raise CommandError(f"{action}: {one_line(exc)}") from None
+        advice = hint(exc) if hint else ""
+        raise CommandError(f"{action}: {one_line(exc)}" + (f"; {advice}" if advice else "")) from None
 
 
 def hash_argument(value: str, what: str = "hash") -> str:

@@ -15,7 +15,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from appliance.blob import is_valid_hash
-from appliance.cli.common import EXIT_FAILURE, EXIT_OK, CommandError, progress
+from appliance.cli.common import EXIT_FAILURE, EXIT_OK, CommandError, plural, progress
 
 BATCH = 256  # files per task: enough to amortise the pool's IPC, small enough to spread the work
 READ_SIZE = 1 << 20
@@ -101,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"prism: cannot delete {path}: {exc.strerror or exc}", file=sys.stderr)
     for path, error in unreadable:
         print(f"prism: cannot read {path}: {error}", file=sys.stderr)
-    print(f"checked {len(blobs)} blobs: {len(broken)} broken, {deleted} deleted, {len(unreadable)} unreadable; "
-          f"{len(unexpected)} other files left alone, {in_tmp} skipped in tmp/")
+    print(f"checked {plural(len(blobs), 'blob')}: {len(broken)} broken, {deleted} deleted, {len(unreadable)} "
+          f"unreadable; {plural(len(unexpected), 'other file')} left alone, {in_tmp} skipped in tmp/")
     return EXIT_FAILURE if broken or unreadable else EXIT_OK
 
 

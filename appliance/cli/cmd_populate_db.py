@@ -15,7 +15,7 @@ import os
 from appliance import config as cfg
 from appliance.cache.localdb import LocalDB
 from appliance.cache.scan import ScanCounts, iter_blob_files
-from appliance.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandError, load_config, progress
+from appliance.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandError, load_config, plural, progress
 from appliance.db import BATCH, DatabaseError
 from appliance.dsn import DsnError
 
@@ -44,14 +44,15 @@ def run(args: argparse.Namespace) -> int:
                 recorded += len(batch)
                 bar.update(len(batch))
     except DatabaseError as exc:
-        resume = f"; {recorded} blobs were recorded before it (rerunning is safe)" if recorded else ""
+        resume = (f"; {plural(recorded, 'blob was', 'blobs were')} recorded before it (rerunning is safe)"
+                  if recorded else "")
         raise CommandError(f"{exc}{resume}", EXIT_FAILURE) from None
     except OSError as exc:
         raise CommandError(f"cannot read {exc.filename or root}: {exc.strerror or exc}", EXIT_FAILURE) from None
     finally:
         db.close()
-    print(f"recorded {recorded} blobs ({counts.blob_bytes} bytes) from {root} in {db.dsn}; "
-          f"{counts.skipped} other files skipped")
+    print(f"recorded {plural(recorded, 'blob')} ({plural(counts.blob_bytes, 'byte')}) from {root} in {db.dsn}; "
+          f"{plural(counts.skipped, 'other file')} skipped")
     return EXIT_OK
 
 

@@ -34,6 +34,10 @@ def run(args: argparse.Namespace) -> int:
         supervisor.shutdown()
         raise CommandError(str(exc)) from None
     # Notes come after the checks, so a failed start prints its one error line and nothing else.
+    from appliance.cli.exposure import summary
+
+    for line in summary(config):
+        _note_once(line)
     if config.use_db and not config.db_conn:
         _note_once("use_db is on but no db_conn is configured: running without a database")
     for key in ("update_bin_url", "update_cmd"):

@@ -15,7 +15,7 @@ import os
 
 from appliance.blob import MAX_PLAINTEXT_PER_BLOB
 from appliance.cli.client_support import CLIENT_TIMEOUT, client_errors
-from appliance.cli.common import CommandError, parse_address, progress
+from appliance.cli.common import CommandError, parse_address, plural, progress
 from appliance.clients.reflector import ReflectorClient
 from appliance.stream import (
     FileBlobReader,
@@ -79,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
             ReflectorClient(host, port, timeout=CLIENT_TIMEOUT) as client:
         stats = client.send_stream(sd.sd_hash, sd.raw, FileBlobReader(args.path, sd),
                                    on_blob=lambda h, size, sent: bar.update(size))
-    log.info("sd blob %s, %d blobs sent, %d already on the server", "sent" if stats.sd_sent else "already there",
-             stats.blobs_sent, stats.blobs_skipped)
+    log.info("sd blob %s, %s sent, %d already on the server", "sent" if stats.sd_sent else "already there",
+             plural(stats.blobs_sent, "blob"), stats.blobs_skipped)
     print(json.dumps({"sd_hash": sd.sd_hash, "source_hash": made.source_hash}, indent=2))
     return 0
 

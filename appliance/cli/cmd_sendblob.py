@@ -13,7 +13,7 @@ import os
 from appliance.blob import blob_hash
 from appliance.cli.client_support import CLIENT_TIMEOUT, client_errors
 from appliance.cli.cmd_send import make
-from appliance.cli.common import parse_address, progress
+from appliance.cli.common import parse_address, plural, progress
 from appliance.clients.reflector import ReflectorClient
 from appliance.stream import FileBlobReader
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 skipped += 1
             bar.update(1)
-    log.info("%d content blobs sent, %d already on the server", sent, skipped)
+    log.info("%s sent, %d already on the server", plural(sent, "content blob"), skipped)
     print(json.dumps({"sd_hash": sd.sd_hash, "source_hash": made.source_hash}, indent=2))
     return 0
 

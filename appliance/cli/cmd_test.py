@@ -5,7 +5,7 @@ import argparse
 import logging
 
 from appliance import config as cfg
-from appliance.cli.common import CommandError, load_config
+from appliance.cli.common import CommandError, load_config, plural
 
 log = logging.getLogger("prism")
 
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     standalone.serve(servers)
     print("Blobs in store")
     for hash_, size in store.items():
-        print(f"{hash_}: {size} bytes")
+        print(f"{hash_}: {plural(size, 'byte')}")
     return 0
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from appliance import config as cfg
 from appliance.blob import MAX_BLOB_SIZE, blob_hash, is_valid_hash
-from appliance.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandError, load_config, progress
+from appliance.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandError, load_config, plural, progress
 from appliance.db import Database, DatabaseError
 from appliance.dsn import DsnError
 from appliance.errors import OriginError
@@ -120,8 +120,8 @@ def run(args: argparse.Namespace) -> int:
         _upload_all(store, todo, args, counts)
     finally:
         db.close()
-    print(f"uploaded {args.path}: {counts.total} files, {counts.already_stored} already stored, "
-          f"{counts.sd} sd blobs, {counts.blobs} content blobs, {counts.errors} errors")
+    print(f"uploaded {args.path}: {plural(counts.total, 'file')}, {counts.already_stored} already stored, "
+          f"{plural(counts.sd, 'sd blob')}, {plural(counts.blobs, 'content blob')}, {plural(counts.errors, 'error')}")
     return EXIT_FAILURE if counts.errors else EXIT_OK
 
 

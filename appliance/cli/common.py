@@ -52,6 +52,11 @@ def load_config(args: argparse.Namespace, overrides: dict | None = None) -> cfg.
     return config
 
 
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    """`1 blob`, `2 blobs`, `0 blobs` (`plural_form` for irregular words)."""
+    return f"{count} {singular if count == 1 else plural_form or singular + 's'}"
+
+
 def parse_address(value: str, default_port: int | None = None) -> tuple[str, int]:
     """`host:port` (or `host` when a default port exists) -> (host, port); CommandError on bad input."""
     host, sep, port = value.rpartition(":")

@@ -10,6 +10,7 @@ import sys
 
 from appliance import logs
 from appliance.cli.common import EXIT_FAILURE, EXIT_USAGE, CommandError
+from appliance.cli.parsing import harden, parse
 
 # Order = order in `prism --help`. A module that does not exist yet is simply not offered.
 COMMANDS = [
@@ -28,7 +29,7 @@ def _global_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="prism",
+        prog="prism", allow_abbrev=False,
         description="Prism is a single entry point application with multiple sub modules which can be "
                     "leveraged individually or together (a Python re-implementation of LBRY's reflector.go).")
     _global_flags(parser, suppress=False)
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         # Global flags are accepted after the subcommand too (reflector.go's persistent flags).
         for added in set(subparsers.choices) - before:
             _global_flags(subparsers.choices[added], suppress=True)
-    return parser
+    return harden(parser)
 
 
 def verbose_components(args: argparse.Namespace) -> list[str]:
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
         monkey.patch_all()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if not getattr(args, "run", None):
         parser.print_help()
         return EXIT_USAGE

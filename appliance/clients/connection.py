@@ -4,14 +4,33 @@ from __future__ import annotations
 import socket
 import time
 
-from appliance.errors import UnexpectedEOF
-from appliance.protocol.framing import JsonFramer
+from appliance.errors import ProtocolError, UnexpectedEOF
+from appliance.protocol.framing import FramingError, JsonFramer
 
 RECV_SIZE = 256 * 1024
-
-
-
 CONNECT_TIMEOUT = 5.0
+QUOTED_BYTES = 40  # how much of a foreign server's answer an error message quotes
+
+
+def quote(data: bytes) -> str:
+    """The first bytes a server sent, printable on one line (`'HTTP/1.1 400 Bad Request\\r\\n...'`)."""
+    text = repr(data[:QUOTED_BYTES].decode("latin-1"))
+    return text + ("..." if len(data) > QUOTED_BYTES else "")
+
+
+class ForeignServer(ProtocolError):
+    """The server answered, but not in the protocol this client speaks (e.g. an HTTP server)."""
+
+    def __init__(self, address: str, protocol: str, first: bytes):
+        self.is_http = first.startswith(b"HTTP/")
+        problem = f"answered in HTTP, not the {protocol} protocol" if self.is_http else \
+            f"does not speak the {protocol} protocol"
+        super().__init__(f"{address} {problem}: it sent {quote(first)}")
+
+
+class SilentServer(TimeoutError):
+    """The server accepted the connection and sent nothing at all within the timeout."""
+
 
 class ConnectFailed(ConnectionError):
     """The server could not be reached (refused, unreachable, timed out)."""
@@ -22,12 +41,17 @@ class ClosedBeforeReply(UnexpectedEOF):
 
 
 class Connection:
-    """A connected socket; each send, JSON read or raw read must finish within `timeout` seconds."""
+    """A connected socket; each send, JSON read or raw read must finish within `timeout` seconds.
 
-    def __init__(self, host: str, port: int, timeout: float, framer: JsonFramer):
+    `protocol` names what the client speaks ("TCP peer", "reflector upload") in the errors raised when
+    the server answers in something else (ForeignServer) or never answers at all (SilentServer)."""
+
+    def __init__(self, host: str, port: int, timeout: float, framer: JsonFramer, protocol: str = "LBRY TCP"):
         self.address = f"{host}:{port}"
         self.timeout = timeout
         self.framer = framer
+        self.protocol = protocol
+        self.heard = False  # any byte received on this connection
         try:
             # Connecting gets a shorter deadline: a peer that accepts nothing is not worth a full timeout.
             self.sock = socket.create_connection((host, port), timeout=min(CONNECT_TIMEOUT, timeout))
@@ -58,9 +82,17 @@ class Connection:
                 self.framer.finish()  # raises if a message was cut off
                 if received:
                     raise UnexpectedEOF(f"unexpected EOF: {self.address} closed the connection inside its {what}")
-                raise ClosedBeforeReply(f"unexpected EOF: {self.address} closed the connection before its {what}")
+                hint = "" if self.heard else f" (not a {self.protocol} server?)"
+                raise ClosedBeforeReply(f"unexpected EOF: {self.address} closed the connection before its {what}"
+                                        + hint)
             received = True
-            self.framer.feed(data)
+            try:
+                self.framer.feed(data)
+            except FramingError:
+                head = self.framer.peek(QUOTED_BYTES + 1)
+                if not head.lstrip().startswith(b"{"):
+                    raise ForeignServer(self.address, self.protocol, head) from None
+                raise
 
     def read_raw(self, n: int, what: str) -> bytes:
         """Exactly n raw bytes (first from the framer's buffer, then from the socket)."""
@@ -87,9 +119,14 @@ class Connection:
             raise TimeoutError(f"i/o timeout: no {what} from {self.address} within {self.timeout:g}s")
         self.sock.settimeout(remaining)
         try:
-            return self.sock.recv(size)
+            data = self.sock.recv(size)
         except TimeoutError:
+            if not self.heard:
+                raise SilentServer(f"i/o timeout: {self.address} sent no {what} within {self.timeout:g}s (not a "
+                                   f"{self.protocol} server?)") from None
             raise TimeoutError(f"i/o timeout: no {what} from {self.address} within {self.timeout:g}s") from None
+        self.heard = self.heard or bool(data)
+        return data
 
     def close(self) -> None:
         self.sock.close()

@@ -12,12 +12,17 @@ from __future__ import annotations
 import time
 
 import requests
+import urllib3
 
 from appliance import metrics
 from appliance.blob import MAX_BLOB_SIZE, blob_hash, check_hash
 from appliance.clients.connection import ConnectFailed
 from appliance.errors import BlobNotFound, HashMismatch, OriginError, ProtocolError
 from appliance.trace import Trace
+
+
+class NotHttp(ProtocolError):
+    """The server accepted the connection but did not answer in HTTP (e.g. a TCP peer or upload port)."""
 
 
 class HttpBlobClient:
@@ -77,6 +82,9 @@ class HttpBlobClient:
             raise TimeoutError(f"i/o timeout: no answer from {self.base} within {self.timeout:g}s") from None
         except requests.ConnectionError as exc:
             reason = exc.args[0] if exc.args else exc
+            if isinstance(reason, urllib3.exceptions.ProtocolError):  # connected; the answer was not HTTP
+                detail = reason.args[1] if len(reason.args) > 1 else reason
+                raise NotHttp(f"{self.base} did not answer in HTTP: {_one_line(detail)}") from None
             reason = getattr(reason, "reason", reason)  # urllib3 wraps the socket error
             raise ConnectFailed(f"cannot connect to {self.base}: {_one_line(reason)}") from None
         except requests.RequestException as exc:

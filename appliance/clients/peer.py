@@ -129,7 +129,7 @@ class PeerClient:
             reused = self._conn is not None and self._exchanges > 0
             if self._conn is None:
                 framer = JsonFramer(max_json=MAX_RESPONSE_HEADER, require_brace=True)
-                self._conn = Connection(self.host, self.port, self.timeout, framer)
+                self._conn = Connection(self.host, self.port, self.timeout, framer, "TCP peer")
                 self._exchanges = 0
             try:
                 self._conn.send(request)

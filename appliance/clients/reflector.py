@@ -11,12 +11,13 @@ Each message and each whole blob must go through within `timeout` seconds.
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from appliance.blob import blob_hash, check_hash, check_size
-from appliance.clients.connection import Connection
+from appliance.clients.connection import Connection, ForeignServer
 from appliance.errors import ProtocolError
 from appliance.protocol import reflector as codec
 from appliance.protocol.framing import JsonFramer
@@ -56,10 +57,14 @@ class ReflectorClient:
         """Open the connection and handshake (done by the first send when not called explicitly)."""
         if self._conn is not None:
             return
-        self._conn = Connection(self.host, self.port, self.timeout, JsonFramer(MAX_REPLY, require_brace=False))
+        self._conn = Connection(self.host, self.port, self.timeout, JsonFramer(MAX_REPLY, require_brace=False),
+                                "reflector upload")
         try:
             self._conn.send(codec.encode_handshake(self.version), "handshake")
-            self.server_version = codec.parse_handshake_reply(self._conn.read_json("handshake reply"))
+            reply = self._conn.read_json("handshake reply")
+            if "version" not in reply:  # a JSON server of another kind (a TCP peer port answers this way)
+                raise ForeignServer(self._conn.address, "reflector upload", json.dumps(reply).encode())
+            self.server_version = codec.parse_handshake_reply(reply)
         except Exception:
             self.close()
             raise

@@ -11,6 +11,7 @@ the peer sends ahead (pipelining, or a blob right behind its header in the same 
     framer.take_raw(n) -> bytes | None   # exactly n raw bytes, or None until they are all buffered
     framer.take_available(n) -> bytes    # up to n raw bytes already buffered (maybe b"")
     framer.buffered() -> int             # bytes held and not consumed
+    framer.peek(n) -> bytes              # up to n buffered bytes, not consumed (error messages)
     framer.finish()                      # at EOF: raises if a message was cut off, returns if clean
 
 The end of an object is found with a small scanner that tracks strings, escapes and bracket nesting,
@@ -120,6 +121,10 @@ class JsonFramer:
 
     def buffered(self) -> int:
         return len(self._buf)
+
+    def peek(self, n: int) -> bytes:
+        """Up to `n` buffered bytes, not consumed (to quote what a peer sent in an error message)."""
+        return bytes(self._buf[:n])
 
     def finish(self) -> None:
         """Call at EOF: returns when the stream ended cleanly between messages, else raises."""

@@ -85,7 +85,7 @@ class _Protected:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--store", default="memory", help="memory | disk:DIR | http:HOST:PORT | peer:HOST:PORT")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--receiver-port", type=int)

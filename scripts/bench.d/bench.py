@@ -158,7 +158,7 @@ def report(name: str, ours: list[float], theirs: list[float] | None, unit: str, 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=6)
     parser.add_argument("--processes", type=int, default=2, help="workers of prism reflector (SO_REUSEPORT)")

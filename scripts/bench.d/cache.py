@@ -86,7 +86,8 @@ def load(port: int, hashes: list[str], clients: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="scripts/bench cache", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="scripts/bench cache", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--blobs", type=int, default=60, help="2 MiB blobs per measurement and run")
     parser.add_argument("--clients", type=int, default=8, help="concurrent client connections")

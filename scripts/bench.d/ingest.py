@@ -185,7 +185,8 @@ def empty_bucket(bucket) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="scripts/bench ingest", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="scripts/bench ingest", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False)
     parser.add_argument("--runs", type=int, default=3, help="rounds; medians of the per-round ratios")
     parser.add_argument("--stream-mb", type=int, default=64, help="MiB of plain data per stream")
     parser.add_argument("--s3", choices=("moto", "s3rver"), default="moto")
