@@ -203,11 +203,12 @@ SETTINGS: list[Setting] = [
       "private included), or 'public' (routable, port >= 1024, as stock SDK nodes)", "dht", choices=("any", "public")),
     S("dht_rate_limit", "float", 100.0, "DHT requests a second answered per source IP, after a burst of "
       "dht_rate_burst; the rest are dropped unanswered (a node announcing 10 hashes/s sends a close node about 20 "
-      "a second); 0 = no limit", "dht"),
+      "a second); 0 = no limit", "dht", range=NON_NEGATIVE),
     S("dht_rate_burst", "int", 200, "DHT requests one source IP may send at once before dht_rate_limit applies",
-      "dht"),
+      "dht", range=AT_LEAST_ONE),
     S("dht_max_amplification", "float", 7.0, "largest DHT answer as a multiple of its request's size: contacts are "
-      "shed to fit (LBRY SDK nodes answer up to 7.4x an SDK request); 0 = only the 1400-byte datagram limit", "dht"),
+      "shed to fit (LBRY SDK nodes answer up to 7.4x an SDK request); 0 = only the 1400-byte datagram limit", "dht",
+      range=NON_NEGATIVE),
     # --- cluster (prism start; the DHT process runs it) ----------------------------------------------
     S("cluster", "bool", False, "join the cluster of the nodes sharing db_conn and announce only this node's share "
       "of the stored hashes (prism start turns it on)", "dht"),

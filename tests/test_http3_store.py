@@ -122,7 +122,7 @@ def test_bad_data_and_upstream_errors_are_origin_errors(tmp_path):
         s.shutdown()
     with ServerThread(FailingStore(), str(tmp_path / "b")) as srv:
         s = Http3Store(f"127.0.0.1:{srv.port}", timeout=5)
-        with pytest.raises(OriginError, match=r"non 200 status code returned: 500 \(upstream exploded\)"):
+        with pytest.raises(OriginError, match=r"non 200 status code returned: 500 \(internal server error\)"):
             s.get(h)
         with pytest.raises(OriginError, match="500"):
             s.has(h)

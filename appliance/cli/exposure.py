@@ -29,7 +29,8 @@ def listeners(config: Config) -> list[str]:
 
 
 def _host(url: str) -> str:
-    return urlsplit(url).netloc or url
+    """host[:port] of a URL, never its userinfo (a password may be in it)."""
+    return urlsplit(url).netloc.rpartition("@")[2] or url
 
 
 def outside_contacts(config: Config) -> list[str]:
