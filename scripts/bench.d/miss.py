@@ -14,8 +14,6 @@ machine throughput follows it, and unlike MB/s it does not depend on what else t
 from __future__ import annotations
 
 import argparse
-import hashlib
-import http.client
 import json
 import os
 import shutil
@@ -24,15 +22,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench import free_port, wait_port  # noqa: E402  (scripts/bench.d is this script's directory)
-from cache import BLOB_SIZE, write_blobs  # noqa: E402
+from cache import load, write_blobs  # noqa: E402
 from scaling import Appliance  # noqa: E402
 
 HIT_REPEAT = 3
@@ -91,48 +87,6 @@ class NginxProxyCache:
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGQUIT)
         self.proc.wait(timeout=10)
-
-
-def load(port: int, hashes: list[str], clients: int) -> float:
-    """GET every hash once over `clients` keep-alive connections, each body checked; MB/s received."""
-    todo = iter(hashes)
-    lock = threading.Lock()
-    errors: list[str] = []
-    received = [0] * clients
-
-    def run(i: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        buf = bytearray(BLOB_SIZE + 65536)
-        view = memoryview(buf)
-        try:
-            while True:
-                with lock:
-                    hash_ = next(todo, None)
-                if hash_ is None or errors:
-                    return
-                conn.request("GET", f"/blob?hash={hash_}")
-                response = conn.getresponse()
-                n = 0
-                while chunk := response.readinto(view[n:]):
-                    n += chunk
-                if response.status != 200 or hashlib.sha384(view[:n]).hexdigest() != hash_:
-                    errors.append(f"HTTP {response.status}, {n} bytes for {hash_[:8]}, not the blob")
-                received[i] += n
-        except (OSError, http.client.HTTPException) as exc:
-            errors.append(f"{type(exc).__name__}: {exc}")
-        finally:
-            conn.close()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
-    started = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - started
-    if errors:
-        raise SystemExit(f"bench: {len(errors)} failed request(s), e.g. {errors[0]}")
-    return sum(received) / elapsed / 1e6
 
 
 def main() -> int:
