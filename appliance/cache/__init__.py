@@ -2,7 +2,8 @@
 
 - spec.py      `--disk-cache SIZE:PATH:MANAGER` parsed as reflector.go does (sizes kept in bytes)
 - policies.py  lru, lfu (LFUDA), arc, simple: byte-capacity eviction with pins and adoption
-- index.py     the persistent index: a policy saved behind in SQLite inside the cache directory
+- slab.py      flat arrays for millions of entries: 48-byte keys, sizes, links, an open-addressing table
+- index.py     the persistent index: a policy saved as a snapshot of its arrays plus a journal of changes
 - scan.py      the loader: adopts an existing cache directory and forgets vanished files, in batches
 - localdb.py   the `localdb` manager: access times in MySQL's blob_ table, as reflector.go keeps them
 
@@ -14,9 +15,10 @@ the OrderedDict slot ~70 B). Blobs of 128 KiB and more are separate mmap allocat
 pages; after eviction churn the measured resident cost of a 2 MiB blob was 2 MiB + ~7 KiB. So the bound
 is about N x (2 MiB + 8 KiB) per worker: `--mem-cache 1000` with 4 workers can hold ~8.2 GB.
 
-Disk-cache index (in the cache manager, per cached blob, hash string included): lru, arc and simple
-~270 bytes, lfu ~410 bytes (its heap); 1,000,000 cached blobs (~2 TB of disk) need ~270-410 MB of RAM and
-~240 MB of index file. ARC ghosts cost the same per entry and are bounded to twice the cached count.
+Disk-cache index (in the cache manager, resident memory per cached blob, measured by `scripts/bench cache
+--index-only`): lru and simple ~70-80 bytes, arc ~75-95 (its ghosts are bounded to half the cached count),
+lfu ~100-110 (its heap); the bound is 128 bytes at 10,000,000 blobs (~20 TB of 2 MiB blobs, ~1 GB of RAM).
+The snapshot on disk is about the same size as the arrays in memory.
 """
 from __future__ import annotations
 
