@@ -32,16 +32,21 @@ gc.collect()
 before = rss()
 index = CacheIndex(index_path(directory), make_policy(name, count * 2_000_000))
 index.load()
+sample = []  # hashes to report uses of (iterating a 10M-entry lfu in eviction order would sort it)
 started = time.perf_counter()
 for i in range(count):
-    index.add(os.urandom(48).hex(), 2_000_000)
+    hash_ = os.urandom(48).hex()
+    index.add(hash_, 2_000_000)
     if i % 10_000 == 0:  # the manager flushes about once a second
         index.flush()
+    if i % max(1, count // 1000) == 0:
+        sample.append(hash_)
 index.flush()
 build = time.perf_counter() - started
 gc.collect()
 after = rss()
-sample = [h for _, h in zip(range(1000), index)]
+with open(os.path.join(directory, "sample.json"), "w") as f:
+    json.dump(sample, f)
 started = time.perf_counter()
 index.touch(*sample)
 touches = time.perf_counter() - started
@@ -50,7 +55,7 @@ print(json.dumps({"bytes_per_entry": (after - before) / count, "build_s": build,
 """
 
 _RESTART = """
-import json, sys, time
+import json, os, sys, time
 from appliance.cache.index import CacheIndex, index_path
 from appliance.cache.policies import make_policy
 
@@ -61,8 +66,10 @@ index.load()
 ready = time.perf_counter() - started
 assert len(index) == count, (len(index), count)
 if crash:  # changes flushed to the journal, then no clean stop: the next start replays them
-    for chunk in range(100):
-        index.touch(*[h for _, h in zip(range(1000), index)])
+    with open(os.path.join(directory, "sample.json")) as f:
+        sample = json.load(f)
+    for _ in range(100):
+        index.touch(*sample)
         index.flush()
     index._close_quietly()
 else:
