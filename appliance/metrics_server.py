@@ -148,15 +148,22 @@ class MetricsServer:
                 return True
         return False
 
-    def _read(self, conn: _Conn) -> None:
+    def _recv(self, conn: _Conn, size: int) -> bytes | None:
+        """What the client sent; None when nothing is there yet; the connection is closed at its end."""
         try:
-            data = conn.sock.recv(4096)
+            data = conn.sock.recv(size)
         except (BlockingIOError, InterruptedError):
-            return
+            return None
         except OSError:
             data = b""
         if not data:
             self._close(conn)
+            return None
+        return data
+
+    def _read(self, conn: _Conn) -> None:
+        data = self._recv(conn, 4096)
+        if data is None:
             return
         conn.head += data
         end = conn.head.find(b"\r\n\r\n")
@@ -217,14 +224,7 @@ class MetricsServer:
             self._selector.modify(conn.sock, selectors.EVENT_READ)
 
     def _drain(self, conn: _Conn) -> None:
-        try:
-            data = conn.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._close(conn)
+        self._recv(conn, 65536)  # anything after the request is ignored; the client's EOF closes
 
     def _close(self, conn: _Conn) -> None:
         if self.conns.pop(conn.sock, None) is None:

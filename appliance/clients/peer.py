@@ -41,20 +41,24 @@ class PeerClient:
             self._conn.close()
             self._conn = None
 
-    def get_blob(self, hash_: str, expected_length: int | None = None) -> bytes:
-        """Download one blob and verify its SHA-384."""
+    def _request_blob(self, hash_: str, expected_length: int | None = None) -> int:
+        """Ask for one blob; the length the server announces (BlobNotFound when it has none)."""
         check_hash(hash_)
         header = self._exchange(codec.encode_request(hash_), "response header")
         try:
             resp = codec.parse_response(header)
             if resp is None:
                 raise ProtocolError(f"{self._address}: not a peer protocol response: {sorted(header)[:5]}")
-            length = codec.accept_blob(resp, hash_, expected_length)
+            return codec.accept_blob(resp, hash_, expected_length)
         except BlobNotFound:
             raise
         except Exception:
             self.close()
             raise
+
+    def get_blob(self, hash_: str, expected_length: int | None = None) -> bytes:
+        """Download one blob and verify its SHA-384."""
+        length = self._request_blob(hash_, expected_length)
         try:
             data = self._conn.read_raw(length, f"blob {hash_[:8]}")
         except Exception:
@@ -70,18 +74,7 @@ class PeerClient:
         """Ask for one blob: its announced length and its bytes as they arrive, NOT verified (the reader
         hashes them). Each read waits at most `idle_timeout`; a body not read to its end drops the
         connection."""
-        check_hash(hash_)
-        header = self._exchange(codec.encode_request(hash_), "response header")
-        try:
-            resp = codec.parse_response(header)
-            if resp is None:
-                raise ProtocolError(f"{self._address}: not a peer protocol response: {sorted(header)[:5]}")
-            length = codec.accept_blob(resp, hash_)
-        except BlobNotFound:
-            raise
-        except Exception:
-            self.close()
-            raise
+        length = self._request_blob(hash_)
         return length, self._body(self._conn, length, hash_, idle_timeout)
 
     def _body(self, conn: Connection, length: int, hash_: str, idle_timeout: float) -> Iterator[bytes]:

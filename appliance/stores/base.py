@@ -5,7 +5,8 @@ import os
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from appliance.errors import BlobNotFound, NotImplementedByStore
+from appliance.blob import blob_hash
+from appliance.errors import BlobNotFound, NotImplementedByStore, OriginError
 from appliance.trace import Trace
 
 __all__ = ["Blob", "BlobStream", "StreamedBlob", "BlobStore", "BlobNotFound", "NotImplementedByStore",
@@ -81,6 +82,14 @@ class BlobStream:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def read_verified(self, hash_: str, source: str) -> Blob:
+        """The whole stream as a Blob; OriginError naming `source` when the bytes do not match the hash."""
+        with self:
+            data = b"".join(self)
+        if blob_hash(data) != hash_:
+            raise OriginError(f"{source} sent {len(data)} bytes for {hash_[:8]} that do not match its hash")
+        return Blob(hash_, data=data, trace=self.trace)
 
     @classmethod
     def of_blob(cls, blob: Blob) -> BlobStream:

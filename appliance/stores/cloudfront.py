@@ -9,7 +9,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from appliance import __version__, metrics
-from appliance.blob import blob_hash, check_hash
+from appliance.blob import check_hash
 from appliance.errors import BlobNotFound, FirstByteTimeout, NotImplementedByStore, OriginError
 from appliance.stores.base import Blob, BlobStore, BlobStream
 from appliance.stores.http import body_stream
@@ -60,12 +60,7 @@ class CloudFrontRO(BlobStore):
             raise OriginError(f"origin {self.endpoint}: unexpected status {resp.status_code}")
 
     def get(self, hash_: str) -> Blob:
-        with self.stream(hash_) as stream:
-            data = b"".join(stream)
-        if blob_hash(data) != hash_:
-            raise OriginError(f"origin {self.endpoint} sent {len(data)} bytes for {hash_[:8]} that do not match "
-                              "its hash")
-        return Blob(hash_, data=data, trace=stream.trace)
+        return self.stream(hash_).read_verified(hash_, f"origin {self.endpoint}")
 
     def stream(self, hash_: str) -> BlobStream:
         """The body as it arrives; its length is the announced Content-Length (at most MAX_BLOB_SIZE)."""

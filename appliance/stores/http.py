@@ -10,7 +10,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from appliance import metrics
-from appliance.blob import MAX_BLOB_SIZE, blob_hash, check_hash
+from appliance.blob import MAX_BLOB_SIZE, check_hash
 from appliance.clients import rawhttp
 from appliance.errors import BlobNotFound, FirstByteTimeout, IdleTimeout, OriginError
 from appliance.stores.base import Blob, BlobStore, BlobStream
@@ -55,12 +55,7 @@ class HttpStore(BlobStore):
         raise self._status_error(resp)
 
     def get(self, hash_: str) -> Blob:
-        with self.stream(hash_) as stream:
-            data = b"".join(stream)
-        if blob_hash(data) != hash_:
-            raise OriginError(f"upstream {self.upstream} sent {len(data)} bytes for {hash_[:8]} that do not match "
-                              "its hash")
-        return Blob(hash_, data=data, trace=stream.trace)
+        return self.stream(hash_).read_verified(hash_, f"upstream {self.upstream}")
 
     def stream(self, hash_: str) -> BlobStream:
         check_hash(hash_)
