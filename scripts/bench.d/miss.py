@@ -29,23 +29,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench import free_port, wait_port  # noqa: E402  (scripts/bench.d is this script's directory)
+from bench import NGINX_PREAMBLE, free_port, wait_port  # noqa: E402  (scripts/bench.d is this script's directory)
 from cache import CpuMeter, load, median_cpu, sha384_ms, write_blobs  # noqa: E402
 from scaling import Appliance  # noqa: E402
 
 HIT_REPEAT = 3
 
-NGINX_PROXY_CACHE = """
-worker_processes 2;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log;
-events {{ worker_connections 1024; }}
-http {{
-    sendfile on; tcp_nopush on; tcp_nodelay on;
-    keepalive_requests 1000000; keepalive_timeout 65;
-    access_log off;
-    client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fcgi;
-    uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+NGINX_PROXY_CACHE = NGINX_PREAMBLE + """
     proxy_cache_path {tmp}/c levels=1:2 keys_zone=blobs:10m max_size=20g inactive=1d use_temp_path=off;
     upstream origin {{ server 127.0.0.1:{origin}; keepalive 32; }}
     server {{
