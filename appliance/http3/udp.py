@@ -24,6 +24,9 @@ RECV_SIZE = 65535
 SOCKET_BUFFER = 4 << 20  # a burst of a few blobs' packets must not overflow the kernel's queue
 SOL_UDP = getattr(socket, "SOL_UDP", 17)
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
+UDP_GRO = getattr(socket, "UDP_GRO", 104)
+_GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
+_GRO_SIZE = struct.Struct("@i")
 GSO_SEGMENTS = 64  # the kernel's limit per sendmsg (UDP_MAX_SEGMENTS)
 GSO_BYTES = 65000  # a GSO buffer is one IP datagram before segmentation
 _GSO_REFUSED = {errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EMSGSIZE}
@@ -38,6 +41,7 @@ class QuicDatagramTransport(asyncio.DatagramTransport):
         self._loop, self._sock, self._protocol = loop, sock, protocol
         self._closed = False
         self._batched = hasattr(protocol, "datagrams_received")
+        self._buffers = getattr(protocol, "buffers_received", None)
         self.gso = gso and sock.family in (socket.AF_INET, socket.AF_INET6)
         try:
             self._peer = sock.getpeername()
@@ -49,8 +53,9 @@ class QuicDatagramTransport(asyncio.DatagramTransport):
                 sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
             except OSError:  # capped by the kernel's limits; the default still works
                 pass
+        self.gro = self._buffers is not None and self.gso and _enable_gro(sock)
         protocol.connection_made(self)
-        loop.add_reader(sock.fileno(), self._read_ready)
+        loop.add_reader(sock.fileno(), self._read_gro if self.gro else self._read_ready)
 
     # -- receive --------------------------------------------------------------------------------------
     def _read_ready(self) -> None:
@@ -64,6 +69,30 @@ class QuicDatagramTransport(asyncio.DatagramTransport):
                 self._protocol.error_received(exc)
                 break
         self._deliver(batch)
+
+    def _read_gro(self) -> None:
+        """Reads of coalesced datagrams: each is (buffer, segment size), handed over uncut."""
+        batch: list[tuple[bytes, int]] = []
+        addr = None
+        for _ in range(MAX_BATCH):
+            try:
+                data, ancdata, _flags, source = self._sock.recvmsg(RECV_SIZE, _GRO_CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # ICMP errors on a connected socket (port unreachable)
+                self._protocol.error_received(exc)
+                break
+            size = len(data)
+            for level, kind, value in ancdata:
+                if level == SOL_UDP and kind == UDP_GRO and len(value) >= _GRO_SIZE.size:
+                    size = _GRO_SIZE.unpack_from(value)[0] or size
+            if batch and source != addr:
+                self._buffers(batch, addr)
+                batch = []
+            addr = source
+            batch.append((data, size))
+        if batch and not self._closed:
+            self._buffers(batch, addr)
 
     def _deliver(self, items: list[tuple[bytes, Any]]) -> None:
         if not items or self._closed:
@@ -156,3 +185,10 @@ class QuicDatagramTransport(asyncio.DatagramTransport):
             return self._peer
         return default
 
+
+def _enable_gro(sock: socket.socket) -> bool:
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:  # an older kernel: one datagram per read
+        return False
+    return True
