@@ -21,6 +21,7 @@ stalled loop shows as a stale heartbeat.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -91,6 +92,9 @@ def main(ctx: ChildContext) -> int:
     store, manager, blocklist = build_store(ctx)
     service = BlobService(store, queue_size=ctx.config.request_queue_size, protected=protected_content(ctx),
                           edge_token=ctx.config.upstream_edge_token)
+    # Every packet allocates a few tuples; with the boot-time heap frozen, the collections they trigger no longer
+    # walk the modules and settings loaded at boot.
+    gc.freeze()
     try:
         return asyncio.run(_serve(ctx, service, manager, blocklist, cert))
     finally:
