@@ -1,10 +1,12 @@
 """A UDP transport for QUIC: batched receive, and sends of many datagrams at once with UDP GSO.
 
-Receive: each readiness event drains the socket (up to MAX_BATCH datagrams). A protocol with
-`datagrams_received(datas, addr)` (qh3's QuicConnectionProtocol) gets each run of datagrams from one
-address in one call, so it feeds them all to the connection and transmits once; others (qh3's QuicServer,
-which routes by connection id) get `datagram_received` per datagram. (UDP GRO on receive was measured and
-left out: no gain over this batching, see issue 17's note.)
+Receive: each readiness event drains the socket (up to MAX_BATCH reads). A protocol with
+`buffers_received(buffers, addr)` (our client) gets UDP GRO reads (Linux): each read is a buffer of datagrams
+of one size back to back with that size from the kernel's control message, handed over uncut for qh3's
+`receive_gro_buffer`. A sender's GSO flight then costs one read instead of up to 64, and on loopback the
+kernel no longer cuts it into datagrams at all. A protocol with `datagrams_received(datas, addr)` gets each
+run of datagrams from one address in one call; others (qh3's QuicServer, which routes by connection id)
+get `datagram_received` per datagram. The server receives mostly ACKs, one datagram at a time: no GRO there.
 
 Send: qh3's protocol hands a whole flight to `sendto_many`. Runs of equal-sized datagrams go out as one
 `sendmsg` with a UDP_SEGMENT control message (Linux GSO): the kernel cuts the buffer into datagrams of
