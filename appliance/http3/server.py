@@ -248,6 +248,7 @@ class Http3ServerProtocol(QuicConnectionProtocol):
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._waiters: dict[int, asyncio.Future] = {}  # stream id -> send outcome
         self._feeds: dict[int, list] = {}  # stream id -> [body as a memoryview, bytes handed to QUIC so far]
+        self.transport: QuicDatagramTransport | None = None
         self._poller: asyncio.TimerHandle | None = None
         self._transmit_handle: asyncio.Handle | None = None
         self._failed_since: float | None = None
@@ -263,9 +264,10 @@ class Http3ServerProtocol(QuicConnectionProtocol):
         self._transmit_handle = None
         try:
             self._top_up()
-            super().transmit()
+            self._send_flight()
             while self._feeds and self._top_up():  # a stream ran low during that flight: use the rest of the window
-                super().transmit()
+                self._send_flight()
+            super().transmit()  # nothing left to send: this re-arms the connection's timer
         except QuicConnectionError as exc:
             # qh3 2.1's core sometimes cannot build a packet ("packet builder capacity exhausted"; seen on the
             # first flight to aioquic clients). The data stays queued in the core; try again shortly, and give
@@ -279,8 +281,23 @@ class Http3ServerProtocol(QuicConnectionProtocol):
         else:
             self._failed_since = None
 
+    def _send_flight(self) -> None:
+        """What the connection has to send now, to the transport in one call (qh3's transmit loops in Python over
+        every datagram to group them by address; a connection's datagrams go to one address but after a
+        migration)."""
+        datagrams = self.quic.datagrams_to_send(now=self.loop.time())
+        if not datagrams:
+            return
+        addr = datagrams[0][1]
+        if all(to == addr for _, to in datagrams):
+            self.transport.sendto_many([data for data, _ in datagrams], addr)
+            return
+        for data, to in datagrams:
+            self.transport.sendto(data, to)
+
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        self.transport = transport
         self.service.open_connections.add(self)
         # Abandoned or garbage handshakes must not hold state for the whole idle timeout.
         self._handshake_timer = self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_expired)

@@ -133,14 +133,20 @@ class QuicDatagramTransport(asyncio.DatagramTransport):
             for data in datagrams:
                 self.sendto(data, addr)
             return
+        sizes = list(map(len, datagrams))
         i, n = 0, len(datagrams)
         while i < n and not self._closed:
-            size = len(datagrams[i])
+            size = sizes[i]
             limit = min(GSO_SEGMENTS, max(1, GSO_BYTES // size))
-            j = i + 1
             # All segments but the last must have the segment size; the last may be shorter.
-            while j < n and j - i < limit and len(datagrams[j - 1]) == size and len(datagrams[j]) <= size:
-                j += 1
+            window = sizes[i:i + limit]
+            same = window.count(size)
+            if same == len(window) or (same == len(window) - 1 and window[-1] < size):
+                j = i + len(window)  # the usual flight: full-sized packets, maybe a short one at the end
+            else:
+                j = i + 1
+                while j < n and j - i < limit and sizes[j - 1] == size and sizes[j] <= size:
+                    j += 1
             if j - i == 1:
                 self.sendto(datagrams[i], addr)
             else:
