@@ -12,7 +12,8 @@ start to the last receipt. In every round, in alternating order:
 - bare PUT (with the full stack): no appliance at all, each uploader PUTs its stream's blob files straight
   to the same S3 server (a presigned URL each, one kept-alive http.client connection, nothing else): what
   the S3 server alone takes on this machine, the ceiling of the full stack.
-It prints medians of the per-round ratios: ours/reference at 1 uploader, ours 8 uploaders / ours 1,
+Before the rounds, untimed, every server takes a few dozen small streams (its workers' first uploads make
+their S3 clients and database connections). It prints medians of the per-round ratios: ours/reference at 1 uploader, ours 8 uploaders / ours 1,
 full/ours at 1 and at 8 uploaders, and the bare PUT against local storage and against the full stack.
 Everything runs on 127.0.0.1.
 """
@@ -105,20 +106,29 @@ def raw_upload(port: int, stream: Path) -> int:
     return sent
 
 
-def bare_put(bucket, stream: Path) -> int:
-    """PUT each blob file of a stream (the sd blob first) as its own object, waiting for each answer, over
-    one kept-alive connection with presigned URLs: no appliance, no hashing, no database, no copy to disk."""
-    manifest = json.loads((stream / "manifest.json").read_text())
+def presigned_puts(bucket, streams: list[Path]) -> dict[str, str]:
+    """A presigned PUT URL (path and query) for every blob of the streams, made before anything is timed."""
     client = bucket.client()
-    endpoint = urlsplit(bucket.endpoint)
-    conn = http.client.HTTPConnection(endpoint.hostname, endpoint.port, timeout=300)
+    urls = {}
+    for stream in streams:
+        manifest = json.loads((stream / "manifest.json").read_text())
+        for name, _ in [manifest["sd"], *manifest["blobs"]]:
+            url = urlsplit(client.generate_presigned_url(
+                "put_object", Params={"Bucket": bucket.bucket, "Key": name, "ACL": "public-read"}, ExpiresIn=3600))
+            urls[name] = f"{url.path}?{url.query}"
+    return urls
+
+
+def bare_put(endpoint: str, urls: dict[str, str], stream: Path) -> int:
+    """PUT each blob file of a stream (the sd blob first) as its own object at its presigned URL, waiting for
+    each answer, over one kept-alive connection: no appliance, no hashing, no database, no copy to disk."""
+    manifest = json.loads((stream / "manifest.json").read_text())
+    server = urlsplit(endpoint)
+    conn = http.client.HTTPConnection(server.hostname, server.port, timeout=300)
     sent = 0
     try:
         for name, size in [manifest["sd"], *manifest["blobs"]]:
-            url = urlsplit(client.generate_presigned_url(
-                "put_object", Params={"Bucket": bucket.bucket, "Key": name, "ACL": "public-read"}, ExpiresIn=3600))
-            conn.request("PUT", f"{url.path}?{url.query}", body=(stream / name).read_bytes(),
-                         headers={"Content-Length": str(size)})
+            conn.request("PUT", urls[name], body=(stream / name).read_bytes(), headers={"Content-Length": str(size)})
             response = conn.getresponse()
             response.read()
             if response.status != 200:
@@ -234,9 +244,11 @@ def main() -> int:
     try:
         started = time.monotonic()
         todo = [(tmp / "streams" / f"s{i}", args.stream_mb * 1024 * 1024) for i in range(args.runs * (1 + PARALLEL))]
+        warm_count = 3 * max(PARALLEL, 4 * args.workers)  # fresh 1 MiB streams, a third per server
+        todo += [(tmp / "streams" / f"w{i}", 1024 * 1024) for i in range(warm_count)]
         with mp.get_context("fork").Pool(os.cpu_count() or 1) as pool:
             pool.starmap(encode_stream, todo)
-        streams = [d for d, _ in todo]
+        streams, warmups = [d for d, _ in todo[:-warm_count]], [d for d, _ in todo[-warm_count:]]
         print(f"encoded {len(streams)} streams of {args.stream_mb} MiB in {time.monotonic() - started:.0f}s")
         reference = Reference(tmp / "reference")
         stacks = Stacks(tmp, args.s3, args.workers)
@@ -257,14 +269,24 @@ def main() -> int:
         def protocol(app: Appliance):
             return functools.partial(raw_upload, app.ports["receiver"])
 
+        def direct(target, batch: list[Path]):
+            return functools.partial(bare_put, target.endpoint, presigned_puts(target, batch))
+
+        # Warm-up, not timed: each worker makes its S3 client and database connection on its first upload,
+        # and a connection lands on a worker by the kernel's hash, so several small streams go to every server.
+        warm = [functools.partial(raw_upload, reference.port), protocol(ours), *([protocol(full)] if full else [])]
+        for send, batch in zip(warm, [warmups[i::len(warm)] for i in range(len(warm))], strict=True):
+            ingest(send, batch)
+        if full is not None:
+            empty_bucket(bucket)
+
         for r in range(args.runs):
             one, many = streams[r * (1 + PARALLEL)], streams[r * (1 + PARALLEL) + 1:(r + 1) * (1 + PARALLEL)]
             plan = [("reference 1", functools.partial(raw_upload, reference.port), [one]),
                     ("ours 1", protocol(ours), [one]), (f"ours {PARALLEL}", protocol(ours), many)]
             if full is not None:
                 plan += [("full 1", protocol(full), [one]), (f"full {PARALLEL}", protocol(full), many),
-                         ("bare PUT 1", functools.partial(bare_put, bare), [one]),
-                         (f"bare PUT {PARALLEL}", functools.partial(bare_put, bare), many)]
+                         ("bare PUT 1", direct(bare, [one]), [one]), (f"bare PUT {PARALLEL}", direct(bare, many), many)]
             for name, send, batch in plan if r % 2 == 0 else reversed(plan):
                 measure(name, send, batch)
             done = ", ".join(f"{k} {v[-1]:.0f}" for k, v in figures.items())
