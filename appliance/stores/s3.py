@@ -44,6 +44,7 @@ class S3Store(BlobStore):
         self.region = region or "us-east-1"
         self.bucket = bucket
         self.endpoint = endpoint
+        self.read_timeout = read_timeout
         self.acl = acl  # reflector.go uploads public-read: blobs are public anyway (CloudFront reads them)
         self._config = Config(
             connect_timeout=connect_timeout, read_timeout=read_timeout,
@@ -212,8 +213,9 @@ class _Body:
     body shorter than its Content-Length. The whole buffer stays for a whole-blob retry.
     """
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, idle_timeout: float = 60.0):
         self.size = size
+        self.idle_timeout = idle_timeout  # no new bytes for this long: the PUT gives up (commit puts whole)
         self.data = bytearray(size)
         self.filled = 0
         self._limit = 0
@@ -243,8 +245,12 @@ class _Body:
         pos = 0
         while pos < self.size:
             with self._cond:
+                deadline = time.monotonic() + self.idle_timeout
                 while not self._failed and pos >= self._limit:
-                    self._cond.wait()
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise OSError(f"no bytes to send for {self.idle_timeout:g}s")
+                    self._cond.wait(left)
                 if self._failed:
                     raise OSError("upload aborted")
                 end = self._limit
@@ -262,7 +268,7 @@ class S3Upload(Upload):
         if not 0 < size <= MAX_BLOB_SIZE:
             raise ValueError(f"blob {hash_[:8]}: {size} bytes is not a blob size")
         self.store, self.hash, self.size = store, hash_, size
-        self.body = _Body(size)
+        self.body = _Body(size, store.read_timeout)
         self._error: Exception | None = None
         self._thread = threading.Thread(target=self._put, name=f"s3-put-{hash_[:8]}", daemon=True)
         self._thread.start()
