@@ -13,8 +13,9 @@ start to the last receipt. In every round, in alternating order:
   to the same S3 server (a presigned URL each, one kept-alive http.client connection, nothing else): what
   the S3 server alone takes on this machine, the ceiling of the full stack.
 Before the rounds, untimed, every server takes a few dozen small streams (its workers' first uploads make
-their S3 clients and database connections). It prints medians of the per-round ratios: ours/reference at 1 uploader, ours 8 uploaders / ours 1,
-full/ours at 1 and at 8 uploaders, and the bare PUT against local storage and against the full stack.
+their S3 clients and database connections). It prints medians of the per-round ratios: ours/reference at
+1 uploader, ours 8 uploaders / ours 1, full/ours at 1 and at 8 uploaders, and the bare PUTs against local
+storage and against the full stack.
 Everything runs on 127.0.0.1.
 """
 from __future__ import annotations
