@@ -51,7 +51,11 @@ SERVING_ROLES = ("worker", "http3")  # stopped first; the other roles serve them
 # backoff and reported as degraded, never a halt, and readiness does not wait for it once it has failed.
 OPTIONAL_ROLES = ("cache-manager",)
 OPTIONAL_BOOT_BACKOFF = (1.0, 60.0)  # first and longest delay between boot attempts of an optional role
-SLOTTED_ROLES = ("worker", "http3")  # several processes, each in a slot with sockets the supervisor keeps
+SLOTTED_ROLES = ("worker", "http3")
+# Uploads are few, long and heavy: one accept queue shared by every worker gives each new upload to a worker
+# free to take it. Per-slot SO_REUSEPORT sockets (the peer and HTTP ports) hash connections to workers, and
+# 8 uploads over 2 workers then split 5/3 or 6/2 as often as 4/4: the busiest worker sets the pace.
+SHARED_SERVICES = ("receiver",)  # several processes, each in a slot with sockets the supervisor keeps
 
 
 class SupervisorError(Exception):
@@ -154,6 +158,7 @@ class Supervisor:
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.children: dict[int, Child] = {}  # pid -> child
         self.worker_sockets: dict[int, dict[str, socket.socket]] = {}
+        self.shared_sockets: dict[str, socket.socket] = {}  # one socket every worker slot accepts from
         self.http3_sockets: dict[int, socket.socket] = {}
         self.target_workers = worker_count(config)
         self.free_slots = list(range(MAX_SLOTS))
@@ -255,10 +260,17 @@ class Supervisor:
         sockets = {}
         try:
             for service in self.worker_services():
-                sockets[service] = _listen_tcp(self.host, self.config.values[PORT_SETTING[service]], reuseport=True)
+                port = self.config.values[PORT_SETTING[service]]
+                if service in SHARED_SERVICES:
+                    if service not in self.shared_sockets:
+                        self.shared_sockets[service] = _listen_tcp(self.host, port, reuseport=False)
+                    sockets[service] = self.shared_sockets[service]
+                else:
+                    sockets[service] = _listen_tcp(self.host, port, reuseport=True)
         except OSError as exc:
-            for s in sockets.values():
-                s.close()
+            for service, s in sockets.items():
+                if service not in SHARED_SERVICES:
+                    s.close()
             raise SupervisorError(f"cannot open the sockets of worker slot {index}: {exc.strerror or exc}") from None
         self.worker_sockets[index] = sockets
 
@@ -271,8 +283,13 @@ class Supervisor:
             raise SupervisorError(f"cannot open the UDP socket of HTTP/3 slot {index}: {exc.strerror or exc}") from None
 
     def _close_worker_sockets(self, index: int) -> None:
-        for sock in self.worker_sockets.pop(index, {}).values():
-            sock.close()
+        for service, sock in self.worker_sockets.pop(index, {}).items():
+            if service not in SHARED_SERVICES:
+                sock.close()
+        if not self.worker_sockets:
+            for sock in self.shared_sockets.values():
+                sock.close()
+            self.shared_sockets.clear()
 
     def _write_config_fd(self) -> None:
         """The resolved config, for children, in a memfd (not in argv or the environment: it holds secrets)."""

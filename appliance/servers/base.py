@@ -14,6 +14,7 @@ workers/worker.py), and SO_REUSEPORT spreads one client's connections over the w
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -50,6 +51,21 @@ class _Busy:
             server._idle.set()
 
 
+class _Acceptor(StreamServer):
+    """gevent's StreamServer, except that a listening socket shut down by another process (a drain of a socket
+    every worker shares) stops this one accepting instead of closing it for good (gevent takes EINVAL from
+    accept as fatal). The worker's own drain follows within DRAIN_POLL; an undrain listens and accepts again."""
+
+    def do_read(self):
+        try:
+            return super().do_read()
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            self.stop_accepting()
+            return None
+
+
 class GeventServer:
     """Base of the three blob servers; subclasses implement `handle(sock, address)`.
 
@@ -62,6 +78,10 @@ class GeventServer:
     name = "server"
     max_per_ip = 0  # open connections one client IP may hold on this server; 0 = no cap
     refusal = b""  # sent to a connection refused by the cap before it is closed (e.g. an HTTP 503)
+    accept_batch = 16  # connections taken per wakeup: fairness between the hub's other work and new clients
+    # On a socket shared by every worker: after each accept, wait this long per open connection before taking
+    # the next, so the worker with the fewest connections takes it (0: no wait; per-slot sockets must not wait)
+    accept_stagger = 0.0
 
     def __init__(self, listener: socket.socket):
         self.listener = listener
@@ -75,6 +95,7 @@ class GeventServer:
         self._fresh: set = set()  # connections that have not started their first request
         self._server: StreamServer | None = None
         self._gauge = metrics.CONNECTIONS.labels(server=self.name)
+        self._paused = False
         self._per_ip: dict[str, int] = {}  # open connections by client IP, while max_per_ip is set
         self._over_cap = metrics.CONNECTIONS_CLOSED_TOTAL.labels(server=self.name, reason="per_ip_cap")
         self.busy = _Busy(self)
@@ -87,8 +108,8 @@ class GeventServer:
             dup = socket.socket(self.listener.family, self.listener.type, self.listener.proto,
                                 fileno=os.dup(self.listener.fileno()))
             dup.setblocking(False)  # gevent's accept loop must never block the hub
-            self._server = StreamServer(dup, self._serve)
-            self._server.max_accept = 16  # fairness between SO_REUSEPORT workers and the hub's other work
+            self._server = _Acceptor(dup, self._serve)
+            self._server.max_accept = self.accept_batch
             self._server.start()
         else:
             self._server.start_accepting()
@@ -109,6 +130,7 @@ class GeventServer:
         we stopped accepting first); `resume()` puts it back. The shutdown would reset what sits in the
         accept queue, so that is taken first, with no switch to another greenlet in between: only a
         handshake completing in those microseconds can still be reset."""
+        self._paused = True
         if self._server is not None:
             self._server.stop_accepting()
             self._take_queued()
@@ -128,6 +150,7 @@ class GeventServer:
     def resume(self) -> None:
         """Undrain: listen again (a no-op for a socket that is listening) and accept."""
         resume_listener(self.listener)
+        self._paused = False
         self.start()
 
     @property
@@ -179,6 +202,9 @@ class GeventServer:
         self._fresh.add(sock)
         self.connections += 1
         self._gauge.inc()
+        if self.accept_stagger and self._server is not None:
+            self._server.stop_accepting()
+            gevent.spawn_later(self.accept_stagger * self.connections, self._accept_again)
         try:
             self.handle(sock, address)
         except Exception:
@@ -193,6 +219,11 @@ class GeventServer:
                 left = self._per_ip.pop(ip) - 1
                 if left:
                     self._per_ip[ip] = left
+
+    def _accept_again(self) -> None:
+        """The end of an accept_stagger wait: accept again, unless stopped or paused meanwhile."""
+        if self._server is not None and not self.stopping and not self._paused:
+            self._server.start_accepting()
 
     def _refuse_over_cap(self, sock) -> None:
         """A connection over the per-IP cap: counted, told so if the protocol has a way, and closed."""

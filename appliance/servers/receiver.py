@@ -41,6 +41,10 @@ class ReceiverServer(GeventServer):
     """`store` takes the writes (put/put_sd); `underlying` answers has() and, if it can, needed_blobs."""
 
     name = "receiver"
+    # Every worker accepts uploads from one shared queue (appliance/supervisor.py SHARED_SERVICES). One per
+    # wakeup, then a pause of 1 ms per upload in progress: the worker with the fewest uploads takes the next.
+    accept_batch = 1
+    accept_stagger = 0.001
 
     def __init__(self, listener, store, underlying, *, timeout: float = 180.0, idle_timeout: float = 60.0,
                  blocked=None, disable_uploads: bool = False):
