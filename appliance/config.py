@@ -124,7 +124,8 @@ SETTINGS: list[Setting] = [
       "database"),
     S("upstream_reflector", "str", "", "host:port of an upstream reflector or blobcache to fetch from", "origin"),
     S("upstream_protocol", "str", "http", "protocol to the upstream; http and tcp are faster than http3 (a cache "
-      "chained over http3 took cold misses at about half the speed of one chained over http, scripts/bench e)",
+      "chained over http3 took cold misses at a quarter to a half of the speed of one chained over http, "
+      "scripts/bench e)",
       "origin", choices=("tcp", "http", "http3")),
     S("upstream_edge_token", "str", "",
       "token sent upstream as edge_token, and required from HTTP clients for protected blobs", "origin",

@@ -4,6 +4,7 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ import pytest
 
 from appliance.dht import iterative
 from appliance.dht.bootstrap import BootstrapNode
+from appliance.dht.messages import FIND_NODE, Request, Response, decode_message, encode_message, request_args
 from appliance.dht.node import Node
 from appliance.dht.protocol import RemoteError
 from appliance.dht.service import DhtService
@@ -180,6 +182,42 @@ def test_prism_dht_bootstrap_introduces_nodes_to_each_other():
     finally:
         first.stop()
         second.stop()
+        assert stop_prism(proc, signal.SIGINT) == 0
+
+
+def test_prism_dht_bootstrap_applies_the_per_source_rate_limit_of_its_config():
+    # --conf none: the defaults, dht_rate_limit 100/s after a burst of dht_rate_burst 200
+    proc, match = start_prism(["dht", "bootstrap", "--port", "0", "--timeout", "1"],
+                              r"bootstrap node [0-9a-f]{96} listening on 127\.0\.0\.1:(\d+)")
+    seed = ("127.0.0.1", int(match.group(1)))
+    flooder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    flooder.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    flooder.bind(("127.0.0.2", 0))
+    sender = os.urandom(48)
+    try:
+        start = time.monotonic()
+        for _ in range(10):  # 1,000 findNode requests from one source within about half a second
+            for _ in range(100):
+                request = Request(os.urandom(20), sender, FIND_NODE, request_args(FIND_NODE, os.urandom(48)))
+                flooder.sendto(encode_message(request), seed)
+            time.sleep(0.05)
+        answers, flooder_quiet = 0, False
+        flooder.settimeout(0.5)
+        while not flooder_quiet:
+            try:
+                answers += isinstance(decode_message(flooder.recv(2048)), Response)
+            except TimeoutError:
+                flooder_quiet = True
+        elapsed = time.monotonic() - start
+        assert 0 < answers <= 200 + 100 * elapsed + 1
+        other = Node(bind=("127.0.0.3", 0), rpc_timeout=TIMEOUT)  # another source is still answered
+        other.start()
+        try:
+            assert other.bootstrap([seed]) == 1
+        finally:
+            other.stop()
+    finally:
+        flooder.close()
         assert stop_prism(proc, signal.SIGINT) == 0
 
 

@@ -161,14 +161,8 @@ def test_store_errors_are_a_generic_500_and_classified(tmp_path, caplog):
 
 def _send_requests(probe: H3Probe, paths: list[str]) -> list[int]:
     """Several requests in flight at once on one connection; their statuses in order."""
-    ids = []
-    for path in paths:
-        stream_id = probe.quic.get_next_available_stream_id()
-        probe.h3.send_headers(stream_id, [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"x"),
-                                          (b":path", path.encode())], end_stream=True)
-        probe.responses[stream_id] = {"headers": None, "body": bytearray(), "done": False}
-        ids.append(stream_id)
-    probe._pump(lambda: all(probe.responses[i]["done"] for i in ids))
+    ids = [probe.send(path) for path in paths]
+    probe.pump_until(lambda: all(probe.responses[i]["done"] for i in ids))
     return [int(dict(probe.responses.pop(i)["headers"])[b":status"]) for i in ids]
 
 

@@ -27,7 +27,7 @@ from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted
+from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, StreamReset
 
 from appliance import ipc
 from appliance.http3.quic import server_configuration
@@ -77,24 +77,32 @@ class H3Probe:
         self.responses: dict[int, dict] = {}
         self.largest_datagram = 0  # UDP payload; the server must stay within what a real network carries
         self.quic.connect(self.addr, now=time.monotonic())
-        self._pump(lambda: self.connected or self.closed)
+        self.pump_until(lambda: self.connected or self.closed)
         if not self.connected:
             raise ConnectionError(f"HTTP/3 handshake with {self.addr} failed: {self.closed}")
 
     def request(self, path: str, method: str = "GET") -> tuple[int, dict[bytes, bytes], bytes]:
-        stream_id = self.quic.get_next_available_stream_id()
-        self.h3.send_headers(stream_id, [(b":method", method.encode()), (b":scheme", b"https"),
-                                         (b":authority", f"127.0.0.1:{self.addr[1]}".encode()),
-                                         (b":path", path.encode())], end_stream=True)
-        self.responses[stream_id] = {"headers": None, "body": bytearray(), "done": False}
-        self._pump(lambda: self.responses[stream_id]["done"] or self.closed)
+        stream_id = self.send(path, method)
+        self.pump_until(lambda: self.responses[stream_id]["done"] or self.closed)
         response = self.responses.pop(stream_id)
+        if response["reset"]:
+            raise ConnectionError(f"the server reset the response to {path} after {len(response['body'])} bytes")
         if not response["done"]:
             raise ConnectionError(f"no complete response to {path}: {self.closed}")
         headers = dict(response["headers"])
         return int(headers[b":status"]), headers, bytes(response["body"])
 
-    def _pump(self, done) -> None:
+    def send(self, path: str, method: str = "GET") -> int:
+        """Send a request; its response builds up in `responses[stream id]` while `pump_until` runs."""
+        stream_id = self.quic.get_next_available_stream_id()
+        self.h3.send_headers(stream_id, [(b":method", method.encode()), (b":scheme", b"https"),
+                                         (b":authority", f"127.0.0.1:{self.addr[1]}".encode()),
+                                         (b":path", path.encode())], end_stream=True)
+        self.responses[stream_id] = {"headers": None, "body": bytearray(), "done": False, "reset": False}
+        return stream_id
+
+    def pump_until(self, done) -> None:
+        """Exchange datagrams until `done()` (TimeoutError after `timeout`)."""
         deadline = time.monotonic() + self.timeout
         while not done():
             now = time.monotonic()
@@ -119,6 +127,8 @@ class H3Probe:
         while event is not None:
             if isinstance(event, HandshakeCompleted):
                 self.connected = True
+            elif isinstance(event, StreamReset) and event.stream_id in self.responses:
+                self.responses[event.stream_id].update(reset=True, done=True)
             elif isinstance(event, ConnectionTerminated):
                 self.closed = event.reason_phrase or f"error {event.error_code:#x}"
             for h3_event in self.h3.handle_event(event):

@@ -150,3 +150,17 @@ def test_without_a_database_uploads_are_put_whole(s3_any):
         upload.write(data)
         upload.commit()
     assert store.get_bytes(blob_hash(data)) == data
+
+
+def test_a_streamed_put_given_no_bytes_gives_up_and_commit_puts_the_blob_whole(s3_any, caplog):
+    caplog.set_level(logging.INFO, "store")
+    store = store_for(s3_any)
+    store.read_timeout = 0.3  # how long the streamed PUT waits for the next bytes
+    data = os.urandom(300_000)
+    upload = store.stream_upload(blob_hash(data), len(data))  # the PUT starts at once, and waits
+    upload._thread.join(30)
+    assert not upload._thread.is_alive()  # it gave up: no PUT is left waiting for an upload that stalled
+    upload.write(data)
+    upload.commit()
+    assert "putting it whole" in caplog.text
+    assert store.get_bytes(blob_hash(data)) == data

@@ -84,15 +84,21 @@ def _concurrently(n, fn):
     return results, errors
 
 
+def fetches(outcome: str) -> float:
+    return metrics.ORIGIN_FETCHES_TOTAL.labels(outcome=outcome)._value.get()
+
+
 def test_twenty_concurrent_gets_make_one_origin_request(slow_origin):
     server, h, data = slow_origin
     store = SingleFlightStore(HttpStore(f"127.0.0.1:{server.server_address[1]}"), "test-sf20")
+    fetched = fetches("ok")
     server.ready = lambda: waiting("test-sf20", "sf_http") == 20  # every caller has joined the flight
     results, errors = _concurrently(20, lambda: store.get_bytes(h))
     assert errors == [] and results == [data] * 20
-    assert server.gets == 1
+    assert server.gets == 1 and fetches("ok") == fetched + 1  # one origin fetch, counted once
     server.ready = lambda: True
     assert store.get_bytes(h) == data and server.gets == 2  # a later call starts a new flight
+    assert fetches("ok") == fetched + 2
     labels = {"cache_type": "sf_http", "component": "test-sf20"}
     assert metrics.CACHE_ORIGIN_REQUESTS.labels(**labels)._value.get() == 0
     assert metrics.CACHE_WAITING_REQUESTS.labels(**labels)._value.get() == 0
@@ -102,10 +108,11 @@ def test_waiters_share_a_not_found_but_get_their_own_trace(slow_origin):
     server, _, _ = slow_origin
     store = SingleFlightStore(HttpStore(f"127.0.0.1:{server.server_address[1]}"), "test-sf5")
     server.ready = lambda: waiting("test-sf5", "sf_http") == 5
+    not_found = fetches("notfound")
     results, errors = _concurrently(5, lambda: store.get(blob_hash(b"missing")))
     assert len(errors) == 5 and all(isinstance(e, BlobNotFound) for e in errors)
     assert len({id(e.trace) for e in errors}) == 5
-    assert server.gets == 1
+    assert server.gets == 1 and fetches("notfound") == not_found + 1
 
 
 class SlowDisk(DiskStore):

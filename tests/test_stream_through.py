@@ -22,6 +22,7 @@ import pytest
 
 from tests.appliance_process import appliance_fixture, poll  # noqa: F401  (the `appliance` fixture)
 from tests.test_cache_appliance_support import cached_path, concurrent_fetch, counter, fetch
+from tests.test_http3_support import H3Probe, free_udp_port
 
 CHUNK = 64 * 1024
 
@@ -165,6 +166,47 @@ def test_wrong_bytes_relayed_over_the_tcp_peer_protocol_end_in_a_closed_connecti
     assert len(received) - header_end < len(good)  # closed before the announced length
     assert origin_failures(app, "hash_mismatch") == 1
     assert blob_files(cache) == []
+
+
+def http3_cache_node(appliance, origin: OriginServer, cache: Path) -> tuple[object, int]:
+    port = free_udp_port()
+    app = appliance("--workers", "1", "--upstream-reflector", origin.address, "--upstream-protocol", "http",
+                    "--disk-cache", f"200MB:{cache}:lru", "--http3-peer-port", str(port), "--http3-processes", "1",
+                    http3=True)
+    return app, port
+
+
+def test_an_http3_client_gets_a_cold_blob_while_it_arrives_and_never_whole_when_it_breaks(appliance, origin,
+                                                                                          tmp_path):
+    good = os.urandom(1024 * 1024)
+    hash_ = origin.add(good)
+    origin.mode = "stall"  # half the blob, then the origin waits for `release` and hangs up
+    cache = tmp_path / "cache"
+    app, port = http3_cache_node(appliance, origin, cache)
+    with H3Probe(port, timeout=30) as probe:
+        stream_id = probe.send(f"/get/{hash_}")
+        response = probe.responses[stream_id]
+        # the origin has sent half and waits: the client has its headers and bytes already
+        probe.pump_until(lambda: len(response["body"]) > 0 or response["done"])
+        assert origin.half_sent.is_set() and not response["done"]
+        headers = dict(response["headers"])
+        assert headers[b":status"] == b"200" and int(headers[b"content-length"]) == len(good)
+        origin.release.set()  # the origin hangs up: the response must break, not end
+        probe.pump_until(lambda: response["done"])
+        assert response["reset"] and len(response["body"]) < len(good)
+    assert not cached_path(cache, hash_).exists()
+
+    origin.mode, origin.forged[hash_] = "serve", bytes(b ^ 0xFF for b in good[:10]) + good[10:]
+    origin.delay = 0.005
+    with H3Probe(port, timeout=30) as probe, pytest.raises(ConnectionError, match="reset"):
+        probe.request(f"/get/{hash_}")  # wrong bytes: never a complete body
+    assert origin_failures(app, "hash_mismatch") == 1 and not cached_path(cache, hash_).exists()
+
+    del origin.forged[hash_]
+    with H3Probe(port, timeout=30) as probe:
+        status, _, body = probe.request(f"/get/{hash_}")
+    assert (status, body) == (200, good)
+    assert cached_path(cache, hash_).read_bytes() == good
 
 
 def test_a_hundred_concurrent_requests_for_one_cold_blob_make_one_origin_request(appliance, origin, tmp_path):

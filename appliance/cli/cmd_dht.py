@@ -77,13 +77,19 @@ def _start(thing, host: str, port: int, **options) -> None:
         raise CommandError(f"cannot listen on UDP {host}:{port}: {exc.strerror or exc}") from None
 
 
+def _limits(config) -> dict:
+    """The config's DHT request limits, as the appliance's DHT process applies them (0 turns one off)."""
+    return {"address_policy": config.dht_address_policy, "rate_limit": config.dht_rate_limit or None,
+            "rate_burst": config.dht_rate_burst, "max_amplification": config.dht_max_amplification or None}
+
+
 def _service(args: argparse.Namespace, host: str, port: int, peer_port: int = 3333):
     from appliance.dht.service import DhtService
 
     config = load_config(args)
     try:
         return DhtService(args.node_id, (host, port), _seeds(args, config), peer_port, rpc_timeout=args.timeout,
-                          address_policy=config.dht_address_policy)
+                          **_limits(config))
     except ValueError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
 
@@ -112,8 +118,7 @@ def run_bootstrap(args: argparse.Namespace) -> int:
 
     host, port = args.host or "127.0.0.1", _port(args, DEFAULT_PORT)
     try:
-        node = BootstrapNode(args.node_id, (host, port), rpc_timeout=args.timeout,
-                             address_policy=load_config(args).dht_address_policy)
+        node = BootstrapNode(args.node_id, (host, port), rpc_timeout=args.timeout, **_limits(load_config(args)))
     except ValueError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
     stop = _stop_on_signals()

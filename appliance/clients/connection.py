@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Self
 
 from appliance.errors import ProtocolError, UnexpectedEOF
 from appliance.protocol.framing import FramingError, JsonFramer
@@ -130,3 +131,20 @@ class Connection:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class ConnectionClient:
+    """A client that holds at most one Connection (`_conn`), closed by `close` or on leaving a `with` block."""
+
+    _conn: Connection | None = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 
 from appliance import metrics
 from appliance.blob import blob_hash, check_hash
-from appliance.clients.connection import ClosedBeforeReply, Connection
+from appliance.clients.connection import ClosedBeforeReply, Connection, ConnectionClient
 from appliance.errors import BlobNotFound, HashMismatch, ProtocolError, UnexpectedEOF
 from appliance.protocol import peer as codec
 from appliance.protocol.framing import JsonFramer
@@ -24,22 +24,10 @@ MAX_RESPONSE_HEADER = 64 * 1024
 RECV_CHUNK = 256 * 1024
 
 
-class PeerClient:
+class PeerClient(ConnectionClient):
     def __init__(self, host: str, port: int, timeout: float = 30.0):
         self.host, self.port, self.timeout = host, port, timeout
-        self._conn: Connection | None = None
         self._exchanges = 0  # completed request/response pairs on the current connection
-
-    def __enter__(self) -> PeerClient:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
 
     def _request_blob(self, hash_: str, expected_length: int | None = None) -> int:
         """Ask for one blob; the length the server announces (BlobNotFound when it has none)."""

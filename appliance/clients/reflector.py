@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from appliance.blob import blob_hash, check_hash, check_size
-from appliance.clients.connection import Connection, ForeignServer
+from appliance.clients.connection import Connection, ConnectionClient, ForeignServer
 from appliance.errors import ProtocolError
 from appliance.protocol import reflector as codec
 from appliance.protocol.framing import JsonFramer
@@ -36,22 +36,10 @@ class UploadStats:
     bytes_sent: int = 0
 
 
-class ReflectorClient:
+class ReflectorClient(ConnectionClient):
     def __init__(self, host: str, port: int, timeout: float = 30.0, version: int = codec.VERSION_1):
         self.host, self.port, self.timeout, self.version = host, port, timeout, version
         self.server_version: int | None = None
-        self._conn: Connection | None = None
-
-    def __enter__(self) -> ReflectorClient:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
 
     def connect(self) -> None:
         """Open the connection and handshake (done by the first send when not called explicitly)."""

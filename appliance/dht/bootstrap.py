@@ -3,7 +3,8 @@
 It answers ping (pong) and findNode (up to K random known contacts, whatever the target), and
 refuses every other method with an error (reflector.go stays silent; an error spares the asker a
 timeout). Every sender it does not know is pinged and kept once it answers; contacts inactive for
-`reping_interval` are pinged again and dropped when they do not answer. At most `max_contacts`.
+`reping_interval` are pinged again and dropped when they do not answer. At most `max_contacts`. Requests
+over `rate_limit` per source IP are dropped, and answers stay within `max_amplification` of their request.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from appliance.dht.messages import (
 )
 from appliance.dht.node import parse_node_id
 from appliance.dht.protocol import PendingCall, RpcSocket
+from appliance.dht.ratelimit import SourceLimiter
 
 log = logging.getLogger("dht")
 
@@ -45,7 +47,8 @@ class Known(NamedTuple):
 class BootstrapNode:
     def __init__(self, node_id: bytes | str | None = None, bind: tuple[str, int] = ("127.0.0.1", 4567), *,
                  k: int = 8, rpc_timeout: float = 5.0, reping_interval: float = REPING_INTERVAL,
-                 max_contacts: int = 10_000, address_policy: str = "any",
+                 max_contacts: int = 10_000, address_policy: str = "any", rate_limit: float | None = None,
+                 rate_burst: float | None = None, max_amplification: float | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.node_id = parse_node_id(node_id)
         self.k = k
@@ -53,7 +56,11 @@ class BootstrapNode:
         self.max_contacts = max_contacts
         self.address_policy = address_policy
         self.clock = clock
-        self.rpc = RpcSocket(self.node_id, bind, self._on_request, rpc_timeout=rpc_timeout, clock=clock)
+        # The same per-source limits as a full node (appliance.dht.node): a bootstrap node is the most public
+        # address of a network, and a findNode answer is the largest one it sends.
+        limiter = SourceLimiter(rate_limit, rate_burst or rate_limit, clock=clock) if rate_limit else None
+        self.rpc = RpcSocket(self.node_id, bind, self._on_request, rpc_timeout=rpc_timeout, limiter=limiter,
+                             max_amplification=max_amplification, clock=clock)
         self._lock = threading.Lock()
         self._known: dict[bytes, Known] = {}
         self._checking: set[tuple[str, int]] = set()  # addresses with a ping in flight

@@ -47,7 +47,7 @@ from appliance.http3.quic import HANDSHAKE_TIMEOUT
 from appliance.http3.udp import QuicDatagramTransport
 from appliance.logs import Throttle
 from appliance.misses import MissesCache
-from appliance.stores.base import BlobStore
+from appliance.stores.base import BlobStore, StreamedBlob
 from appliance.trace import Trace
 
 log = logging.getLogger("http3")
@@ -58,6 +58,11 @@ SEND_TIMEOUT = 60.0  # a client must take a whole blob within this long
 MAX_WAITING = 20_000  # GETs waiting for a slot beyond this get 503 (reflector.go's queue held 20,000)
 AUX_THREADS = 16  # /has/, protected-content checks, access reports
 SEND_POLL = 0.02
+# A response body goes to QUIC a chunk at a time, topped up around each transmit while its stream's send buffer
+# is below half a chunk. A whole 2 MiB body in qh3's send queue cost the core a copy of what stays queued on every
+# acknowledgement (15% of the server's CPU was memmove); a bounded queue keeps that small.
+FEED_CHUNK = 256 * 1024
+FEED_LOW = FEED_CHUNK // 2
 TRANSMIT_RETRY = 0.05
 _GO_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 
@@ -159,7 +164,7 @@ class BlobService:
     async def _send_blob(self, conn: Http3ServerProtocol, stream_id: int, hash_: str, want_trace: bool) -> None:
         stamp = self.misses.stamp(hash_)  # a blob stored while we look is not remembered as missing
         try:
-            data, trace = await self._in_pool(self._get_pool, self._read_blob, hash_)
+            body, trace = await self._in_pool(self._get_pool, self._read_blob, hash_)
         except BlobNotFound as exc:
             self.misses.add(hash_, stamp)
             self._not_found(conn, stream_id, (exc.trace or Trace()) if want_trace else None)
@@ -169,21 +174,61 @@ class BlobService:
             return
         # The store's trace as it is (reflector.go); the client stacks its own `http3` hop.
         extra = [(b"via", trace.to_json().encode())] if want_trace else []
-        if not conn.respond(stream_id, 200, data, content_type=_content_type(data), extra=extra):
+        if isinstance(body, StreamedBlob):
+            sent = await self._relay(conn, stream_id, body, extra)
+        else:
+            sent = conn.respond(stream_id, 200, body, content_type=_content_type(body), extra=extra)
+        if not sent:
             return
         # Counted once the whole response is handed to QUIC, as reflector.go counts after its write; a
         # client may close the connection before acknowledging the last packets, and that is no error.
-        metrics.UDP_OUT_BYTES.inc(len(data))
+        metrics.UDP_OUT_BYTES.inc(len(body) if isinstance(body, bytes) else body.size)
         metrics.BLOB_DOWNLOAD_TOTAL.inc()
         metrics.HTTP3_DOWNLOAD_TOTAL.inc()
         if await conn.sent(stream_id, self.send_timeout) is None:  # the slot is held until then
             kind = metrics.count_error("download", TimeoutError(f"i/o timeout sending {hash_[:8]}"))
             metrics.DOWNLOAD_FAILURES_TOTAL.labels(server="http3", reason=kind).inc()
 
-    def _read_blob(self, hash_: str) -> tuple[bytes, Trace]:
-        """In a pool thread: the tiered read (disk hit, or a miss through the cache manager and origin)."""
-        with self.store.get(hash_) as blob:
+    def _read_blob(self, hash_: str) -> tuple[bytes | StreamedBlob, Trace]:
+        """In a pool thread: the tiered read (disk hit, or a miss through the cache manager and origin). A miss
+        being relayed from the origin comes back open, for `_relay`; anything else is read whole."""
+        blob = self.store.get(hash_)
+        if isinstance(blob, StreamedBlob):
+            return blob, blob.trace
+        with blob:
             return blob.data, blob.trace
+
+    async def _relay(self, conn: Http3ServerProtocol, stream_id: int, blob: StreamedBlob,
+                     extra: list[tuple[bytes, bytes]]) -> bool:
+        """A miss sent as the origin's bytes arrive (each chunk pulled in a pool thread). When the chunks end in
+        an error (wrong bytes, a stalled origin), the stream is reset before the announced length is complete,
+        so no client can take it for the blob. True once the whole blob is handed to QUIC."""
+        chunks, sent, started = iter(blob.chunks), 0, False
+        try:
+            while sent < blob.size:
+                try:
+                    chunk = bytes(await self._in_pool(self._get_pool, next, chunks))
+                except Exception as exc:
+                    if started:
+                        kind = metrics.count_error("download", exc)
+                        metrics.DOWNLOAD_FAILURES_TOTAL.labels(server="http3", reason=kind).inc()
+                        conn.abort(stream_id)
+                    else:
+                        self._store_error(conn, stream_id, exc)
+                    return False
+                sent += len(chunk)
+                if not started:
+                    started = True
+                    if not conn.start_response(stream_id, 200, blob.size, content_type=_content_type(chunk),
+                                               extra=extra):
+                        return False
+                if not conn.send_body(stream_id, chunk, end=sent >= blob.size):
+                    return False  # the client left: closing the relay completes the cache copy
+            return True
+        finally:
+            # Reports the outcome to the cache manager (and reads the rest into the cache when the client
+            # left): blocking work, so in the pool too.
+            await self._in_pool(self._get_pool, blob.close)
 
     def _token_ok(self, token: str) -> bool:
         return bool(self.edge_token) and hmac.compare_digest(token.encode(), self.edge_token.encode())
@@ -242,6 +287,8 @@ class Http3ServerProtocol(QuicConnectionProtocol):
         self._h3: H3Connection | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._waiters: dict[int, asyncio.Future] = {}  # stream id -> send outcome
+        self._feeds: dict[int, list] = {}  # stream id -> [body as a memoryview, bytes handed to QUIC so far]
+        self.transport: QuicDatagramTransport | None = None
         self._poller: asyncio.TimerHandle | None = None
         self._transmit_handle: asyncio.Handle | None = None
         self._failed_since: float | None = None
@@ -256,7 +303,11 @@ class Http3ServerProtocol(QuicConnectionProtocol):
     def _transmit_now(self) -> None:
         self._transmit_handle = None
         try:
-            super().transmit()
+            self._top_up()
+            self._send_flight()
+            while self._feeds and self._top_up():  # a stream ran low during that flight: use the rest of the window
+                self._send_flight()
+            super().transmit()  # nothing left to send: this re-arms the connection's timer
         except QuicConnectionError as exc:
             # qh3 2.1's core sometimes cannot build a packet ("packet builder capacity exhausted"; seen on the
             # first flight to aioquic clients). The data stays queued in the core; try again shortly, and give
@@ -270,8 +321,23 @@ class Http3ServerProtocol(QuicConnectionProtocol):
         else:
             self._failed_since = None
 
+    def _send_flight(self) -> None:
+        """What the connection has to send now, to the transport in one call (qh3's transmit loops in Python over
+        every datagram to group them by address; a connection's datagrams go to one address but after a
+        migration)."""
+        datagrams = self.quic.datagrams_to_send(now=self.loop.time())
+        if not datagrams:
+            return
+        addr = datagrams[0][1]
+        if all(to == addr for _, to in datagrams):
+            self.transport.sendto_many([data for data, _ in datagrams], addr)
+            return
+        for data, to in datagrams:
+            self.transport.sendto(data, to)
+
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        self.transport = transport
         self.service.open_connections.add(self)
         # Abandoned or garbage handshakes must not hold state for the whole idle timeout.
         self._handshake_timer = self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_expired)
@@ -296,6 +362,7 @@ class Http3ServerProtocol(QuicConnectionProtocol):
         elif isinstance(event, ConnectionTerminated):
             self._terminated()
         elif isinstance(event, StopSendingReceived | StreamReset):
+            self._feeds.pop(event.stream_id, None)
             self._settle(event.stream_id, False)
         if self._h3 is None:
             return
@@ -309,6 +376,7 @@ class Http3ServerProtocol(QuicConnectionProtocol):
             self._handshake_timer = None
         self.service.connections.discard(self)
         self.service.open_connections.discard(self)
+        self._feeds.clear()
         for stream_id in list(self._waiters):
             self._settle(stream_id, False)
 
@@ -316,24 +384,85 @@ class Http3ServerProtocol(QuicConnectionProtocol):
     def respond(self, stream_id: int, status: int, body: bytes = b"", *, content_type: bytes = b"text/plain; "
                 b"charset=utf-8", extra: list[tuple[bytes, bytes]] | None = None) -> bool:
         """Queue a whole response; False when the stream or connection is already gone."""
-        if self._h3 is None:
+        if not self.start_response(stream_id, status, len(body), content_type=content_type, extra=extra):
             return False
-        headers = [(b":status", str(status).encode()), (b"content-length", str(len(body)).encode())]
-        if body:
-            headers.append((b"content-type", content_type))
-        headers.extend(extra or [])
         try:
-            self._h3.send_headers(stream_id, headers, end_stream=not body)
-            if body:
+            if len(body) > FEED_CHUNK:
+                self._feeds[stream_id] = [memoryview(body), 0]
+                self._feed(stream_id)
+            elif body:
                 self._h3.send_data(stream_id, body, end_stream=True)
         except Exception as exc:  # the client reset the stream or the connection is closing
             log.debug("http3: cannot answer on stream %d: %s", stream_id, exc)
+            self._feeds.pop(stream_id, None)
             return False
         self.transmit()  # deferred: after the caller's bookkeeping, and coalesced with other responses
         return True
 
+    def start_response(self, stream_id: int, status: int, length: int, *, content_type: bytes = b"text/plain; "
+                       b"charset=utf-8", extra: list[tuple[bytes, bytes]] | None = None) -> bool:
+        """Queue the headers of a response of `length` bytes (ending the stream when there is no body); False
+        when the stream or connection is already gone."""
+        if self._h3 is None:
+            return False
+        headers = [(b":status", str(status).encode()), (b"content-length", str(length).encode())]
+        if length:
+            headers.append((b"content-type", content_type))
+        headers.extend(extra or [])
+        try:
+            self._h3.send_headers(stream_id, headers, end_stream=not length)
+        except Exception as exc:
+            log.debug("http3: cannot answer on stream %d: %s", stream_id, exc)
+            return False
+        if not length:
+            self.transmit()
+        return True
+
+    def send_body(self, stream_id: int, chunk: bytes, *, end: bool) -> bool:
+        """Queue the next piece of a body begun with `start_response`; False when the stream is gone."""
+        try:
+            self._h3.send_data(stream_id, chunk, end_stream=end)
+        except Exception as exc:
+            log.debug("http3: cannot continue stream %d: %s", stream_id, exc)
+            return False
+        self.transmit()
+        return True
+
+    def abort(self, stream_id: int) -> None:
+        """Reset a response cut short: the client sees the stream fail, never a complete body."""
+        try:
+            self.quic.reset_stream(stream_id, ErrorCode.H3_INTERNAL_ERROR)
+        except Exception as exc:  # already reset by the client, or the connection is closing
+            log.debug("http3: cannot reset stream %d: %s", stream_id, exc)
+        self.transmit()
+
+    def _feed(self, stream_id: int) -> None:
+        """Hand the next chunk of a body to QUIC (a DATA frame of its own)."""
+        feed = self._feeds[stream_id]
+        view, start = feed
+        end = min(start + FEED_CHUNK, len(view))
+        if end == len(view):
+            del self._feeds[stream_id]
+        else:
+            feed[1] = end
+        self._h3.send_data(stream_id, view[start:end], end_stream=end == len(view))
+
+    def _top_up(self) -> bool:
+        """Feed every stream whose queued bytes ran below FEED_LOW; True if any was fed."""
+        fed = False
+        for stream_id in list(self._feeds):
+            if self.quic.get_send_buffer_size(stream_id) < FEED_LOW:
+                try:
+                    self._feed(stream_id)
+                except Exception as exc:  # reset or closing meanwhile: the waiter learns it from the events
+                    log.debug("http3: cannot continue stream %d: %s", stream_id, exc)
+                    self._feeds.pop(stream_id, None)
+                    continue
+                fed = True
+        return fed
+
     def _unsent(self, stream_id: int) -> bool:
-        return self.quic.get_send_buffer_size(stream_id) > 0
+        return stream_id in self._feeds or self.quic.get_send_buffer_size(stream_id) > 0
 
     async def sent(self, stream_id: int, timeout: float) -> bool | None:
         """True once QUIC has sent the whole response; False if aborted; None on timeout (then reset)."""
@@ -345,6 +474,7 @@ class Http3ServerProtocol(QuicConnectionProtocol):
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:
+            self._feeds.pop(stream_id, None)
             self.quic.reset_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
             self.transmit()
             return None

@@ -1,10 +1,12 @@
 """A UDP transport for QUIC: batched receive, and sends of many datagrams at once with UDP GSO.
 
-Receive: each readiness event drains the socket (up to MAX_BATCH datagrams). A protocol with
-`datagrams_received(datas, addr)` (qh3's QuicConnectionProtocol) gets each run of datagrams from one
-address in one call, so it feeds them all to the connection and transmits once; others (qh3's QuicServer,
-which routes by connection id) get `datagram_received` per datagram. (UDP GRO on receive was measured and
-left out: no gain over this batching, see issue 17's note.)
+Receive: each readiness event drains the socket (up to MAX_BATCH reads). A protocol with
+`buffers_received(buffers, addr)` (our client) gets UDP GRO reads (Linux): each read is a buffer of datagrams
+of one size back to back with that size from the kernel's control message, handed over uncut for qh3's
+`receive_gro_buffer`. A sender's GSO flight then costs one read instead of up to 64, and on loopback the
+kernel no longer cuts it into datagrams at all. A protocol with `datagrams_received(datas, addr)` gets each
+run of datagrams from one address in one call; others (qh3's QuicServer, which routes by connection id)
+get `datagram_received` per datagram. The server receives mostly ACKs, one datagram at a time: no GRO there.
 
 Send: qh3's protocol hands a whole flight to `sendto_many`. Runs of equal-sized datagrams go out as one
 `sendmsg` with a UDP_SEGMENT control message (Linux GSO): the kernel cuts the buffer into datagrams of
@@ -24,6 +26,9 @@ RECV_SIZE = 65535
 SOCKET_BUFFER = 4 << 20  # a burst of a few blobs' packets must not overflow the kernel's queue
 SOL_UDP = getattr(socket, "SOL_UDP", 17)
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
+UDP_GRO = getattr(socket, "UDP_GRO", 104)
+_GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
+_GRO_SIZE = struct.Struct("@i")
 GSO_SEGMENTS = 64  # the kernel's limit per sendmsg (UDP_MAX_SEGMENTS)
 GSO_BYTES = 65000  # a GSO buffer is one IP datagram before segmentation
 _GSO_REFUSED = {errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EMSGSIZE}
@@ -38,6 +43,7 @@ class QuicDatagramTransport(asyncio.DatagramTransport):
         self._loop, self._sock, self._protocol = loop, sock, protocol
         self._closed = False
         self._batched = hasattr(protocol, "datagrams_received")
+        self._buffers = getattr(protocol, "buffers_received", None)
         self.gso = gso and sock.family in (socket.AF_INET, socket.AF_INET6)
         try:
             self._peer = sock.getpeername()
@@ -49,8 +55,9 @@ class QuicDatagramTransport(asyncio.DatagramTransport):
                 sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
             except OSError:  # capped by the kernel's limits; the default still works
                 pass
+        self.gro = self._buffers is not None and self.gso and _enable_gro(sock)
         protocol.connection_made(self)
-        loop.add_reader(sock.fileno(), self._read_ready)
+        loop.add_reader(sock.fileno(), self._read_gro if self.gro else self._read_ready)
 
     # -- receive --------------------------------------------------------------------------------------
     def _read_ready(self) -> None:
@@ -64,6 +71,30 @@ class QuicDatagramTransport(asyncio.DatagramTransport):
                 self._protocol.error_received(exc)
                 break
         self._deliver(batch)
+
+    def _read_gro(self) -> None:
+        """Reads of coalesced datagrams: each is (buffer, segment size), handed over uncut."""
+        batch: list[tuple[bytes, int]] = []
+        addr = None
+        for _ in range(MAX_BATCH):
+            try:
+                data, ancdata, _flags, source = self._sock.recvmsg(RECV_SIZE, _GRO_CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # ICMP errors on a connected socket (port unreachable)
+                self._protocol.error_received(exc)
+                break
+            size = len(data)
+            for level, kind, value in ancdata:
+                if level == SOL_UDP and kind == UDP_GRO and len(value) >= _GRO_SIZE.size:
+                    size = _GRO_SIZE.unpack_from(value)[0] or size
+            if batch and source != addr:
+                self._buffers(batch, addr)
+                batch = []
+            addr = source
+            batch.append((data, size))
+        if batch and not self._closed:
+            self._buffers(batch, addr)
 
     def _deliver(self, items: list[tuple[bytes, Any]]) -> None:
         if not items or self._closed:
@@ -102,14 +133,20 @@ class QuicDatagramTransport(asyncio.DatagramTransport):
             for data in datagrams:
                 self.sendto(data, addr)
             return
+        sizes = list(map(len, datagrams))
         i, n = 0, len(datagrams)
         while i < n and not self._closed:
-            size = len(datagrams[i])
+            size = sizes[i]
             limit = min(GSO_SEGMENTS, max(1, GSO_BYTES // size))
-            j = i + 1
             # All segments but the last must have the segment size; the last may be shorter.
-            while j < n and j - i < limit and len(datagrams[j - 1]) == size and len(datagrams[j]) <= size:
-                j += 1
+            window = sizes[i:i + limit]
+            same = window.count(size)
+            if same == len(window) or (same == len(window) - 1 and window[-1] < size):
+                j = i + len(window)  # the usual flight: full-sized packets, maybe a short one at the end
+            else:
+                j = i + 1
+                while j < n and j - i < limit and sizes[j - 1] == size and sizes[j] <= size:
+                    j += 1
             if j - i == 1:
                 self.sendto(datagrams[i], addr)
             else:
@@ -156,3 +193,10 @@ class QuicDatagramTransport(asyncio.DatagramTransport):
             return self._peer
         return default
 
+
+def _enable_gro(sock: socket.socket) -> bool:
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:  # an older kernel: one datagram per read
+        return False
+    return True

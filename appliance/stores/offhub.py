@@ -22,6 +22,15 @@ def on_hub() -> bool:
     return in_gevent_worker() and threading.get_native_id() == os.getpid()
 
 
+def cooperate() -> None:
+    """On a gevent worker's hub, let the other ready greenlets run before going on (a plain no-op elsewhere,
+    where threads run concurrently anyway)."""
+    if on_hub():
+        import gevent
+
+        gevent.sleep(0)
+
+
 def thread_lock():
     """A real OS-thread lock, even in a gevent worker (for code that only ever runs off the hub)."""
     monkey = sys.modules.get("gevent.monkey")

@@ -21,6 +21,7 @@ from appliance import metrics
 from appliance.blob import MAX_BLOB_SIZE, blob_hash, check_hash
 from appliance.errors import BlobNotFound, IdleTimeout, OriginError
 from appliance.stores.base import Blob, BlobStore, BlobStream, Upload
+from appliance.stores.offhub import cooperate
 from appliance.trace import Trace
 
 log = logging.getLogger("store")
@@ -43,6 +44,7 @@ class S3Store(BlobStore):
         self.region = region or "us-east-1"
         self.bucket = bucket
         self.endpoint = endpoint
+        self.read_timeout = read_timeout
         self.acl = acl  # reflector.go uploads public-read: blobs are public anyway (CloudFront reads them)
         self._config = Config(
             connect_timeout=connect_timeout, read_timeout=read_timeout,
@@ -56,8 +58,11 @@ class S3Store(BlobStore):
         # Streamed uploads: the body is sent as it arrives, so it cannot be hashed for the signature first
         # (S3 takes UNSIGNED-PAYLOAD; blobs are checked by their SHA-384) nor rewound for a retry (a failed
         # stream is put again, whole, by the client above, which retries).
+        # The body is an iterable of memoryviews (_Body), which botocore's parameter validation does not
+        # list (it checks bytes or a file-like object); urllib3 sends an iterable chunk by chunk, and with
+        # no file-like body botocore adds no `Expect: 100-continue` round trip before it.
         self._stream_config = self._config.merge(Config(
-            retries={"mode": "standard", "max_attempts": 1},
+            retries={"mode": "standard", "max_attempts": 1}, parameter_validation=False,
             s3={"addressing_style": "path" if endpoint else "virtual", "payload_signing_enabled": False}))
         self._lock = threading.Lock()
         self._client = None
@@ -80,8 +85,6 @@ class S3Store(BlobStore):
                     self._client = session.client("s3", endpoint_url=self.endpoint or None, config=self._config)
                     self._stream_client = session.client("s3", endpoint_url=self.endpoint or None,
                                                          config=self._stream_config)
-                    # No `Expect: 100-continue` round trip before each streamed body.
-                    self._stream_client.meta.events.register("before-send.s3.PutObject", _no_expect)
                     self._client_pid = os.getpid()
         return self._client
 
@@ -200,31 +203,36 @@ class S3Store(BlobStore):
 
 
 class _Body:
-    """The body of a streamed PUT: `read` hands over the bytes written so far, waiting for more.
+    """The body of a streamed PUT: an iterable that yields views of the bytes written so far, waiting for more.
 
-    The final byte is held back until `release` (the caller has verified the SHA-384 by then), so S3
-    cannot complete the object before that; `fail` makes `read` raise, which aborts the PUT, and S3 keeps
-    nothing of a body shorter than its Content-Length. Every byte is also kept for a whole-blob retry
-    (a blob is at most 2 MiB).
+    The blob's buffer is allocated whole up front (a blob is at most 2 MiB) and never resized, so each
+    hand-over is a memoryview of what arrived since the last one: no copy, and one hand-over per received
+    chunk rather than one per 16 KiB `read` (urllib3 sends an iterable body chunk by chunk). The final byte
+    is held back until `release` (the caller has verified the SHA-384 by then), so S3 cannot complete the
+    object before that; `fail` makes the iteration raise, which aborts the PUT, and S3 keeps nothing of a
+    body shorter than its Content-Length. The whole buffer stays for a whole-blob retry.
     """
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, idle_timeout: float = 60.0):
         self.size = size
-        self.data = bytearray()
-        self._pos = 0
+        self.idle_timeout = idle_timeout  # no new bytes for this long: the PUT gives up (commit puts whole)
+        self.data = bytearray(size)
+        self.filled = 0
         self._limit = 0
         self._failed = False
         self._cond = threading.Condition()
 
     def feed(self, chunk) -> None:
+        end = self.filled + len(chunk)
+        self.data[self.filled:end] = chunk  # the same length: never a resize while a view is out
         with self._cond:
-            self.data += chunk
-            self._limit = min(len(self.data), self.size - 1)
+            self.filled = end
+            self._limit = min(end, self.size - 1)
             self._cond.notify_all()
 
     def release(self) -> None:
         with self._cond:
-            self._limit = len(self.data)
+            self._limit = self.filled
             self._cond.notify_all()
 
     def fail(self) -> None:
@@ -232,28 +240,38 @@ class _Body:
             self._failed = True
             self._cond.notify_all()
 
-    def read(self, n: int = -1) -> bytes:
-        with self._cond:
-            while not self._failed and self._pos >= self._limit and self._pos < self.size:
-                self._cond.wait()
-            if self._failed:
-                raise OSError("upload aborted")
-            end = self._limit if n is None or n < 0 else min(self._limit, self._pos + n)
-            chunk = bytes(self.data[self._pos:end])
-            self._pos = end
-            return chunk
+    def __iter__(self) -> Iterator[memoryview]:
+        view = memoryview(self.data)
+        pos = 0
+        while pos < self.size:
+            with self._cond:
+                deadline = time.monotonic() + self.idle_timeout
+                while not self._failed and pos >= self._limit:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise OSError(f"no bytes to send for {self.idle_timeout:g}s")
+                    self._cond.wait(left)
+                if self._failed:
+                    raise OSError("upload aborted")
+                end = self._limit
+            yield view[pos:end]
+            pos = end
 
 
 class S3Upload(Upload):
-    """S3Store.upload: the PUT starts with the first bytes and runs (a thread, or a greenlet in a gevent
-    worker) while the rest arrive; `commit` sends the held-back final byte and waits for S3's answer. If
-    the stream fails, the blob is put again whole, with retries, before `commit` returns."""
+    """S3Store.stream_upload: the PUT starts at once (its request is built and signed while the first bytes
+    are on their way) and runs in a thread, or a greenlet in a gevent worker, sending each chunk as it is
+    written; `commit` sends the held-back final byte and waits for S3's answer. If the stream fails, the
+    blob is put again whole, with retries, before `commit` returns."""
 
     def __init__(self, store: S3Store, hash_: str, size: int):
+        if not 0 < size <= MAX_BLOB_SIZE:
+            raise ValueError(f"blob {hash_[:8]}: {size} bytes is not a blob size")
         self.store, self.hash, self.size = store, hash_, size
-        self.body = _Body(size)
+        self.body = _Body(size, store.read_timeout)
         self._error: Exception | None = None
-        self._thread: threading.Thread | None = None
+        self._thread = threading.Thread(target=self._put, name=f"s3-put-{hash_[:8]}", daemon=True)
+        self._thread.start()
 
     def _put(self) -> None:
         extra = {"ACL": self.store.acl} if self.store.acl else {}
@@ -264,16 +282,16 @@ class S3Upload(Upload):
             self._error = exc
 
     def write(self, chunk) -> None:
-        if len(self.body.data) + len(chunk) > self.size:
+        if self.body.filled + len(chunk) > self.size:
             raise ValueError(f"blob {self.hash[:8]}: more than the {self.size} bytes announced")
         self.body.feed(chunk)
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._put, name=f"s3-put-{self.hash[:8]}", daemon=True)
-            self._thread.start()
+        # In a gevent worker the PUT is a greenlet: let it send this chunk now, while the next one arrives,
+        # rather than only once the receiving greenlet waits for the network (at the end of the blob).
+        cooperate()
 
     def commit(self) -> None:
-        if len(self.body.data) != self.size:
-            raise ValueError(f"blob {self.hash[:8]}: {len(self.body.data)} of {self.size} bytes written")
+        if self.body.filled != self.size:
+            raise ValueError(f"blob {self.hash[:8]}: {self.body.filled} of {self.size} bytes written")
         self.body.release()
         self._thread.join()
         if self._error is not None:
@@ -284,10 +302,6 @@ class S3Upload(Upload):
 
     def abort(self) -> None:
         self.body.fail()  # the PUT stops short of its Content-Length: S3 stores nothing
-
-
-def _no_expect(request, **kwargs) -> None:
-    del request.headers["Expect"]  # (no error when absent)
 
 
 def _code(exc: ClientError) -> str:

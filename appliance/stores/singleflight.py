@@ -92,7 +92,8 @@ class SingleFlightStore(BlobStore):
     """One inner `get` per hash however many callers ask at once; each caller gets its own Blob.
 
     A file-backed blob is shared by duplicating its descriptor, so every caller can close its copy.
-    `has`, `put_sd` and `delete` pass through.
+    `has`, `put_sd` and `delete` pass through. Each inner `get` is counted in appliance_origin_fetches_total
+    (ok, notfound, error), as the cache manager counts the misses it coordinates.
     """
 
     def __init__(self, inner: BlobStore, component: str):
@@ -121,7 +122,15 @@ class SingleFlightStore(BlobStore):
 
     def _timed_get(self, hash_: str) -> Blob:
         started = time.monotonic_ns()
-        blob = self.inner.get(hash_)
+        try:
+            blob = self.inner.get(hash_)
+        except BlobNotFound:
+            metrics.ORIGIN_FETCHES_TOTAL.labels(outcome="notfound").inc()
+            raise
+        except Exception:
+            metrics.ORIGIN_FETCHES_TOTAL.labels(outcome="error").inc()
+            raise
+        metrics.ORIGIN_FETCHES_TOTAL.labels(outcome="ok").inc()
         elapsed = (time.monotonic_ns() - started) / 1e9
         if elapsed > 0:
             self._speed.set(blob.size / 1048576 / elapsed)

@@ -457,12 +457,16 @@ class _TeeUpload(Upload):
         self.size = size
         self.origin = tiered.origin.upload(hash_, size)
         self.copies: dict[int, BlobWriter] = {}
-        for i, (cache, keep) in enumerate(zip(tiered.caches, self._room(), strict=True)):
-            if keep:
-                try:
-                    self.copies[i] = cache.writer(hash_, durable=False, verify=False)
-                except OSError as exc:
-                    tiered._copy_failed(i, exc)
+        try:
+            for i, (cache, keep) in enumerate(zip(tiered.caches, self._room(), strict=True)):
+                if keep:
+                    try:
+                        self.copies[i] = cache.writer(hash_, durable=False, verify=False)
+                    except OSError as exc:
+                        tiered._copy_failed(i, exc)
+        except BaseException:
+            self.abort()  # the origin's upload may have started (a streamed S3 PUT): never leave it waiting
+            raise
 
     def _room(self) -> list[bool]:
         tiered = self.tiered

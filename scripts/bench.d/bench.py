@@ -23,7 +23,8 @@ PYTHON = sys.executable
 BLOBS = 200
 BLOB_SIZE = 2 * 1024 * 1024
 
-NGINX_CONF = """
+# What every nginx of the benches shares; each appends the rest of its http block and closes it.
+NGINX_PREAMBLE = """
 worker_processes 2;
 pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log;
@@ -34,6 +35,9 @@ http {{
     access_log off;
     client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fcgi;
     uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+"""
+
+NGINX_CONF = NGINX_PREAMBLE + """
     map $arg_hash $blob_path {{
         "~^(?<prefix>[0-9a-f]{{2}})[0-9a-f]{{94}}$" "/$prefix/$arg_hash";
         default "/missing";

@@ -32,6 +32,51 @@ BLOB_SIZE = 2 * 1024 * 1024
 HIT_REPEAT = 10
 
 
+def group_cpu(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of one process group."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def sha384_ms() -> float:
+    """CPU milliseconds of one SHA-384 of a 2 MiB blob on this machine (what every verifying hop pays)."""
+    data = os.urandom(BLOB_SIZE)
+    started = time.process_time()
+    for _ in range(20):
+        hashlib.sha384(data).digest()
+    return (time.process_time() - started) / 20 * 1000
+
+
+class CpuMeter:
+    """CPU milliseconds per blob of this process (the load client's threads) and of process groups, over
+    one measurement: on a machine where every process shares the cores, throughput follows their sum."""
+
+    def __init__(self, groups: dict[str, int]):
+        self.groups = groups
+
+    def __enter__(self) -> CpuMeter:
+        self._client = time.process_time()
+        self._start = {name: group_cpu(pgid) for name, pgid in self.groups.items()}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.used = {"client": time.process_time() - self._client}
+        self.used.update({name: group_cpu(pgid) - self._start[name] for name, pgid in self.groups.items()})
+
+    def per_blob(self, blobs: int) -> dict[str, float]:
+        return {name: seconds / blobs * 1000 for name, seconds in self.used.items()}
+
+
 def write_blobs(root: Path, count: int) -> list[str]:
     """`count` random 2 MiB blobs in reflector.go's layout under root (the origin's local storage)."""
     hashes = []
@@ -122,14 +167,20 @@ def main() -> int:
         print(f"bench: chain C :{c.http_port} <- B :{b.peer_port} (tcp) <- A :{a.http_port} (http); "
               f"{args.runs} runs of {args.blobs} x 2 MiB per measurement, {args.clients} clients", flush=True)
         figures: dict[str, list[float]] = {"hits": [], "cold": [], "mixed": [], "cold/hits": [], "mixed/hits": []}
+        cpu: dict[str, list[dict[str, float]]] = {"hits": [], "cold": []}
         for run in range(args.runs):
             cached = write_blobs(storage, args.blobs)
             load(c.http_port, cached, args.clients)  # warm: now on B's and C's disks
             cold = write_blobs(storage, args.blobs)
             half_cold = write_blobs(storage, args.blobs // 2)
             mixed = [h for pair in zip(cached[:len(half_cold)], half_cold, strict=True) for h in pair]
-            hits = load(c.http_port, cached * HIT_REPEAT, args.clients)
-            misses = load(c.http_port, cold, args.clients)
+            groups = {"C": c.proc.pid, "B": b.proc.pid, "A": a.proc.pid}  # each leads its own process group
+            with CpuMeter(groups) as hit_cpu:
+                hits = load(c.http_port, cached * HIT_REPEAT, args.clients)
+            with CpuMeter(groups) as cold_cpu:
+                misses = load(c.http_port, cold, args.clients)
+            cpu["hits"].append(hit_cpu.per_blob(len(cached) * HIT_REPEAT))
+            cpu["cold"].append(cold_cpu.per_blob(len(cold)))
             both = load(c.http_port, mixed, args.clients)
             for name, value in (("hits", hits), ("cold", misses), ("mixed", both), ("cold/hits", misses / hits),
                                 ("mixed/hits", both / hits)):
@@ -142,13 +193,30 @@ def main() -> int:
               f"{medians['cold/hits']:.2f}")
         print(f"50% hit ratio                     {medians['mixed']:8.1f} MB/s   ratio to hits "
               f"{medians['mixed/hits']:.2f}")
+        report_cpu({kind: median_cpu(rows) for kind, rows in cpu.items()}, sha384_ms())
         if args.json:
-            Path(args.json).write_text(json.dumps({"runs": figures, "medians": medians}, indent=1))
+            Path(args.json).write_text(json.dumps({"runs": figures, "medians": medians, "cpu": cpu}, indent=1))
     finally:
         for app in reversed(apps):
             app.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def median_cpu(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {name: statistics.median(row[name] for row in rows) for name in rows[0]}
+
+
+def report_cpu(cpu: dict[str, dict[str, float]], sha_ms: float) -> None:
+    """Where the CPU of a blob goes, hits against cold misses, and the cold/hits ratio it allows here."""
+    for kind, used in cpu.items():
+        parts = ", ".join(f"{name} {ms:.1f}" for name, ms in used.items())
+        print(f"CPU per blob, {kind:<5} {sum(used.values()):5.1f} ms: {parts}")
+    bound = sum(cpu["hits"].values()) / sum(cpu["cold"].values())
+    print(f"one SHA-384 of a 2 MiB blob: {sha_ms:.1f} ms; a cold blob is hashed by the client, C and B, a hit by the "
+          f"client only. With every process on the same {os.cpu_count()} cores, cold/hits can reach at most "
+          f"{bound:.2f} (CPU per hit / CPU per cold blob); with nothing but the hashes and the client's share, "
+          f"{sum(cpu['hits'].values()) / (sum(cpu['hits'].values()) + 2 * sha_ms):.2f}")
 
 
 if __name__ == "__main__":

@@ -9,12 +9,20 @@ start to the last receipt. In every round, in alternating order:
 - ours: `prism reflector` on local storage (the embedded default: durable, no disk cache);
 - full: `prism reflector` on S3 (moto's server, or s3rver with --s3 s3rver) + MySQL (a throwaway MariaDB,
   as the test fixtures start it), with its default disk cache written through on upload.
-It prints medians of the per-round ratios: ours/reference at 1 uploader, ours 8 uploaders / ours 1, and
-full/ours at 1 and at 8 uploaders. Everything runs on 127.0.0.1.
+- bare PUT (with the full stack): no appliance at all, each uploader PUTs its stream's blob files straight
+  to the same S3 server (a presigned URL each, one kept-alive http.client connection, nothing else): what
+  the S3 server alone takes on this machine, the ceiling of the full stack.
+Before the rounds, untimed, every server takes a few dozen small streams (its workers' first uploads make
+their S3 clients and database connections). It prints medians of the per-round ratios: ours/reference at
+1 uploader, ours 8 uploaders / ours 1, full/ours at 1 and at 8 uploaders, and the bare PUTs against local
+storage and against the full stack.
+Everything runs on 127.0.0.1.
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import http.client
 import io
 import json
 import multiprocessing as mp
@@ -27,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -98,19 +107,52 @@ def raw_upload(port: int, stream: Path) -> int:
     return sent
 
 
-def uploader(port: int, stream: Path, start: mp.Barrier, results: mp.Queue) -> None:
+def presigned_puts(bucket, streams: list[Path]) -> dict[str, str]:
+    """A presigned PUT URL (path and query) for every blob of the streams, made before anything is timed."""
+    client = bucket.client()
+    urls = {}
+    for stream in streams:
+        manifest = json.loads((stream / "manifest.json").read_text())
+        for name, _ in [manifest["sd"], *manifest["blobs"]]:
+            url = urlsplit(client.generate_presigned_url(
+                "put_object", Params={"Bucket": bucket.bucket, "Key": name, "ACL": "public-read"}, ExpiresIn=3600))
+            urls[name] = f"{url.path}?{url.query}"
+    return urls
+
+
+def bare_put(endpoint: str, urls: dict[str, str], stream: Path) -> int:
+    """PUT each blob file of a stream (the sd blob first) as its own object at its presigned URL, waiting for
+    each answer, over one kept-alive connection: no appliance, no hashing, no database, no copy to disk."""
+    manifest = json.loads((stream / "manifest.json").read_text())
+    server = urlsplit(endpoint)
+    conn = http.client.HTTPConnection(server.hostname, server.port, timeout=300)
+    sent = 0
+    try:
+        for name, size in [manifest["sd"], *manifest["blobs"]]:
+            conn.request("PUT", urls[name], body=(stream / name).read_bytes(), headers={"Content-Length": str(size)})
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"bare PUT of {name[:8]}: HTTP {response.status}")
+            sent += size
+    finally:
+        conn.close()
+    return sent
+
+
+def uploader(send, stream: Path, start: mp.Barrier, results: mp.Queue) -> None:
     start.wait()
     try:
-        results.put((raw_upload(port, stream), time.monotonic(), None))
+        results.put((send(stream), time.monotonic(), None))
     except Exception as exc:  # reported to the parent, which stops the benchmark with it
         results.put((0, time.monotonic(), f"{type(exc).__name__}: {exc}"))
 
 
-def ingest(port: int, streams: list[Path]) -> float:
-    """MB/s of one uploader per stream, all started at once."""
+def ingest(send, streams: list[Path]) -> float:
+    """MB/s of one uploader per stream, all started at once; `send(stream)` uploads one, returns its bytes."""
     ctx = mp.get_context("fork")
     start, results = ctx.Barrier(len(streams) + 1), ctx.Queue()
-    procs = [ctx.Process(target=uploader, args=(port, s, start, results)) for s in streams]
+    procs = [ctx.Process(target=uploader, args=(send, s, start, results)) for s in streams]
     for p in procs:
         p.start()
     start.wait(timeout=120)
@@ -154,6 +196,10 @@ class Stacks:
         app = Appliance(self.tmp / name, ("--workers", str(self.workers), *flags))
         self.apps.append(app)
         return app.start(timeout=60)
+
+    def ceiling_bucket(self):
+        """Another bucket on the S3 server of the full stack, for the bare PUTs."""
+        return self.s3.bucket()
 
     def full(self) -> tuple[Appliance, object]:
         """A fresh database and bucket, and an appliance on them; returns (appliance, bucket)."""
@@ -199,31 +245,51 @@ def main() -> int:
     try:
         started = time.monotonic()
         todo = [(tmp / "streams" / f"s{i}", args.stream_mb * 1024 * 1024) for i in range(args.runs * (1 + PARALLEL))]
+        warm_count = 3 * max(PARALLEL, 4 * args.workers)  # fresh 1 MiB streams, a third per server
+        todo += [(tmp / "streams" / f"w{i}", 1024 * 1024) for i in range(warm_count)]
         with mp.get_context("fork").Pool(os.cpu_count() or 1) as pool:
             pool.starmap(encode_stream, todo)
-        streams = [d for d, _ in todo]
+        streams, warmups = [d for d, _ in todo[:-warm_count]], [d for d, _ in todo[-warm_count:]]
         print(f"encoded {len(streams)} streams of {args.stream_mb} MiB in {time.monotonic() - started:.0f}s")
         reference = Reference(tmp / "reference")
         stacks = Stacks(tmp, args.s3, args.workers)
         ours = stacks.start("local")
         full, bucket = (None, None) if args.no_full else stacks.full()
+        bare = None if full is None else stacks.ceiling_bucket()
         print(f"raw-protocol ingest, one fresh {args.stream_mb} MiB stream per uploader, {args.workers} workers, "
               f"{os.cpu_count()} cores, medians of {args.runs} rounds")
         figures: dict[str, list[float]] = {}
 
-        def measure(name: str, port: int, batch: list[Path]) -> None:
-            figures.setdefault(name, []).append(ingest(port, batch))
+        def measure(name: str, send, batch: list[Path]) -> None:
+            figures.setdefault(name, []).append(ingest(send, batch))
             if name.startswith("full"):
                 empty_bucket(bucket)
+            elif name.startswith("bare"):
+                empty_bucket(bare)
+
+        def protocol(app: Appliance):
+            return functools.partial(raw_upload, app.ports["receiver"])
+
+        def direct(target, batch: list[Path]):
+            return functools.partial(bare_put, target.endpoint, presigned_puts(target, batch))
+
+        # Warm-up, not timed: each worker makes its S3 client and database connection on its first upload,
+        # and a connection lands on a worker by the kernel's hash, so several small streams go to every server.
+        warm = [functools.partial(raw_upload, reference.port), protocol(ours), *([protocol(full)] if full else [])]
+        for send, batch in zip(warm, [warmups[i::len(warm)] for i in range(len(warm))], strict=True):
+            ingest(send, batch)
+        if full is not None:
+            empty_bucket(bucket)
 
         for r in range(args.runs):
             one, many = streams[r * (1 + PARALLEL)], streams[r * (1 + PARALLEL) + 1:(r + 1) * (1 + PARALLEL)]
-            plan = [("reference 1", reference.port, [one]), ("ours 1", ours.ports["receiver"], [one]),
-                    (f"ours {PARALLEL}", ours.ports["receiver"], many)]
+            plan = [("reference 1", functools.partial(raw_upload, reference.port), [one]),
+                    ("ours 1", protocol(ours), [one]), (f"ours {PARALLEL}", protocol(ours), many)]
             if full is not None:
-                plan += [("full 1", full.ports["receiver"], [one]), (f"full {PARALLEL}", full.ports["receiver"], many)]
-            for name, port, batch in plan if r % 2 == 0 else reversed(plan):
-                measure(name, port, batch)
+                plan += [("full 1", protocol(full), [one]), (f"full {PARALLEL}", protocol(full), many),
+                         ("bare PUT 1", direct(bare, [one]), [one]), (f"bare PUT {PARALLEL}", direct(bare, many), many)]
+            for name, send, batch in plan if r % 2 == 0 else reversed(plan):
+                measure(name, send, batch)
             done = ", ".join(f"{k} {v[-1]:.0f}" for k, v in figures.items())
             print(f"  round {r + 1} MB/s: {done}", flush=True)
 
@@ -238,6 +304,11 @@ def main() -> int:
             print(f"{args.s3} S3 + MySQL / local, 1 uploader: {ratio('full 1', 'ours 1')}  (goal >= 0.9 with s3rver)")
             many = ratio(f"full {PARALLEL}", f"ours {PARALLEL}")
             print(f"{args.s3} S3 + MySQL / local, {PARALLEL} uploaders: {many}")
+            bare_many = ratio(f"bare PUT {PARALLEL}", f"ours {PARALLEL}")
+            print(f"the S3 server's ceiling, bare PUTs with no appliance: {args.s3} / local, 1 uploader "
+                  f"{ratio('bare PUT 1', 'ours 1')}, {PARALLEL} uploaders {bare_many}")
+            print(f"S3 + MySQL / bare PUTs: 1 uploader {ratio('full 1', 'bare PUT 1')}, "
+                  f"{PARALLEL} uploaders {ratio(f'full {PARALLEL}', f'bare PUT {PARALLEL}')}")
     finally:
         if reference is not None:
             reference.stop()

@@ -8,8 +8,10 @@ Each run writes fresh 2 MiB blobs into A's storage (one set per side) and measur
   cold   blobs neither cache holds: each is fetched from A while it is relayed to the client
   hits   the same blobs again (each asked HIT_REPEAT times, so the measurement is long enough)
 The two sides alternate (which goes first swaps every run); medians of --runs runs and ratios ours/nginx.
-Also the CPU time each side's processes spend per cold miss (utime + stime of its process group): on a busy
-machine throughput follows it, and unlike MB/s it does not depend on what else the machine is doing.
+Also the CPU time per cold miss of each side's caching node, of the origin and of the client (utime + stime):
+with every process on the same cores, throughput follows their sum, so their ratio bounds ours/nginx here, and
+unlike MB/s it hardly depends on what else the machine is doing. The SHA-384 our node must compute on a miss
+(nginx checks nothing) is measured alongside.
 """
 from __future__ import annotations
 
@@ -27,23 +29,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench import free_port, wait_port  # noqa: E402  (scripts/bench.d is this script's directory)
-from cache import load, write_blobs  # noqa: E402
+from bench import NGINX_PREAMBLE, free_port, wait_port  # noqa: E402  (scripts/bench.d is this script's directory)
+from cache import CpuMeter, load, median_cpu, sha384_ms, write_blobs  # noqa: E402
 from scaling import Appliance  # noqa: E402
 
 HIT_REPEAT = 3
 
-NGINX_PROXY_CACHE = """
-worker_processes 2;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log;
-events {{ worker_connections 1024; }}
-http {{
-    sendfile on; tcp_nopush on; tcp_nodelay on;
-    keepalive_requests 1000000; keepalive_timeout 65;
-    access_log off;
-    client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fcgi;
-    uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+NGINX_PROXY_CACHE = NGINX_PREAMBLE + """
     proxy_cache_path {tmp}/c levels=1:2 keys_zone=blobs:10m max_size=20g inactive=1d use_temp_path=off;
     upstream origin {{ server 127.0.0.1:{origin}; keepalive 32; }}
     server {{
@@ -55,22 +47,6 @@ http {{
     }}
 }}
 """
-
-
-def group_cpu(pgid: int) -> float:
-    """CPU seconds (user + system) used so far by the live processes of one process group."""
-    total = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 class NginxProxyCache:
@@ -118,8 +94,9 @@ def main() -> int:
               f"(ours over {args.upstream_protocol}, nginx over http); {args.runs} runs of {args.blobs} x 2 MiB, "
               f"{args.clients} clients, bodies checked", flush=True)
         sides = {"ours": ours.http_port, "nginx": nginx.port}
-        groups = {"ours": ours.proc.pid, "nginx": nginx.proc.pid}  # both lead their own process group
-        figures: dict[str, list[float]] = {f"{kind} {side}": [] for kind in ("cold", "hits", "cpu") for side in sides}
+        groups = {"ours": ours.proc.pid, "nginx": nginx.proc.pid}  # each leads its own process group
+        figures: dict[str, list[float]] = {f"{kind} {side}": [] for kind in ("cold", "hits") for side in sides}
+        cpu: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
         for run in range(args.runs):
             order = list(sides) if run % 2 == 0 else list(reversed(sides))
             fresh = {side: write_blobs(storage, args.blobs) for side in order}
@@ -127,10 +104,10 @@ def main() -> int:
             for kind in ("cold", "hits"):
                 for side in order:
                     hashes = fresh[side] if kind == "cold" else fresh[side] * HIT_REPEAT
-                    cpu = group_cpu(groups[side])
-                    value = load(sides[side], hashes, args.clients)
+                    with CpuMeter({"node": groups[side], "origin": origin.proc.pid}) as meter:
+                        value = load(sides[side], hashes, args.clients)
                     if kind == "cold":
-                        figures[f"cpu {side}"].append((group_cpu(groups[side]) - cpu) / len(hashes) * 1000)
+                        cpu[side].append(meter.per_blob(len(hashes)))
                     figures[f"{kind} {side}"].append(value)
                     line.append(f"{kind} {side} {value:.0f}")
             print(f"  run {run + 1}: " + ", ".join(line) + " MB/s", flush=True)
@@ -143,11 +120,20 @@ def main() -> int:
             print(f"{kind:<5} ours {medians[f'{kind} ours']:7.1f} MB/s   nginx proxy_cache "
                   f"{medians[f'{kind} nginx']:7.1f} MB/s   ours/nginx {ratio:.2f} (median of per-run ratios; "
                   f"goal >= 1.0: {'met' if ratio >= 1.0 else 'NOT met'})", flush=True)
-        print(f"CPU per cold miss: ours {medians['cpu ours']:.1f} ms, nginx {medians['cpu nginx']:.1f} ms "
-              f"(each side's whole process group)", flush=True)
+        sha_ms = sha384_ms()
+        used = {side: median_cpu(rows) for side, rows in cpu.items()}
+        for side, parts in used.items():
+            print(f"CPU per cold miss, {side:<5} {sum(parts.values()):5.1f} ms: the caching node {parts['node']:.1f}, "
+                  f"the client {parts['client']:.1f}, the origin {parts['origin']:.1f}")
+        ours_total, nginx_total = sum(used["ours"].values()), sum(used["nginx"].values())
+        print(f"one SHA-384 of a 2 MiB blob: {sha_ms:.1f} ms, which our node must spend and nginx does not; beside it "
+              f"our node spends {used['ours']['node'] - sha_ms:.1f} ms. With every process on the same "
+              f"{os.cpu_count()} cores, ours/nginx can reach at most {nginx_total / ours_total:.2f} at these CPU "
+              f"costs, and {nginx_total / (nginx_total + sha_ms):.2f} if our node cost nginx's CPU plus the hash",
+              flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps({"protocol": args.upstream_protocol, "runs": figures,
-                                                   "medians": medians, "ratios": report}, indent=1))
+                                                   "medians": medians, "ratios": report, "cpu": cpu}, indent=1))
     finally:
         if nginx is not None:
             nginx.stop()
