@@ -30,6 +30,7 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "pytest-xdist>=3.5",  # scripts/test runs the suite in several processes (mostly waiting on servers)
             "moto[server]>=5.0",
             "ruff>=0.6",
             "aioquic>=1.2",  # the independent HTTP/3 stack the tests talk to ours with

@@ -78,12 +78,13 @@ def _check(message: Any) -> list:
 
 
 class _Pending:
-    __slots__ = ("event", "error", "result")
+    __slots__ = ("event", "error", "result", "generation")
 
     def __init__(self):
         self.event = threading.Event()
         self.error: str | None = None
         self.result: Any = None
+        self.generation = 0  # the connection it was sent on (0: not sent yet)
 
 
 class IpcClient:
@@ -151,11 +152,14 @@ class IpcClient:
             self._drop(sock, generation)
 
     def _drop(self, sock: socket.socket, generation: int) -> None:
+        """Forget a lost connection and fail the requests sent on it, and only those: its reader may notice
+        the loss late, after a new connection carries new requests."""
         with self._lock:
             if self._generation == generation and self._sock is sock:
                 self._sock = None
-            failed = list(self._pending.items())
-            self._pending.clear()
+            failed = [(msgid, p) for msgid, p in list(self._pending.items()) if p.generation == generation]
+            for msgid, _ in failed:
+                self._pending.pop(msgid, None)  # (a caller that timed out may have taken it already)
         try:
             sock.close()
         except OSError:
@@ -164,10 +168,12 @@ class IpcClient:
             pending.error = "\0unavailable"
             pending.event.set()
 
-    def _send(self, payload: bytes) -> None:
+    def _send(self, payload: bytes, pending: _Pending | None = None) -> None:
         with self._lock:
             sock = self._connect_locked()
             generation = self._generation
+            if pending is not None:
+                pending.generation = generation
             try:
                 sock.sendall(payload)
                 return
@@ -183,7 +189,7 @@ class IpcClient:
         pending = _Pending()
         self._pending[msgid] = pending
         try:
-            self._send(encode_request(msgid, method, params))
+            self._send(encode_request(msgid, method, params), pending)
         except IpcUnavailable:
             self._pending.pop(msgid, None)
             raise

@@ -13,11 +13,16 @@
 - `s3_any`: the same, parametrised over moto and s3rver (s3rver skipped when `npm install` has not
   been run: see scripts/test).
 - `http_server`: tests.servers.http.ScriptedHTTPServer on a free port; set `.routes[path] = Route(...)`.
+- `checkout_run_dir`: held while a test runs an appliance from this checkout's ./run (the quick start) or needs
+  none there (appliancectl searches it): one such test at a time across pytest-xdist's processes.
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -119,3 +124,12 @@ def http_server():
     server = ScriptedHTTPServer()
     yield server
     server.close()
+
+
+@pytest.fixture
+def checkout_run_dir():
+    checkout = hashlib.sha256(_ROOT.encode()).hexdigest()[:12]
+    lock = Path(tempfile.gettempdir()) / f"reflector-checkout-run-{checkout}.lock"
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed, or the process dies
+        yield Path(_ROOT) / "run"

@@ -69,3 +69,54 @@ def test_a_dead_peer_fails_fast_and_a_restarted_one_is_reached_at_once(tmp_path)
             client.call("nothing")
     finally:
         client.close()
+
+
+class HeldPeer(Peer):
+    """A Peer that answers only once `hold` is set; `asked` is set when a request has arrived."""
+
+    def __init__(self, path: str, name: str):
+        self.asked, self.hold = threading.Event(), threading.Event()
+        super().__init__(path, name)
+
+    def _handle(self, method: str, params):
+        self.asked.set()
+        assert self.hold.wait(10)
+        return super()._handle(method, params)
+
+
+def test_a_lost_connection_noticed_late_fails_no_request_sent_on_the_next_one(tmp_path):
+    """The reader of a lost connection may notice the loss late on a busy machine, after the client has
+    reconnected and sent a request on the new connection: only requests sent on the lost one fail."""
+    path = str(tmp_path / "peer.sock")
+    first = Peer(path, "first")
+    client = ipc.IpcClient(path, name="peer", timeout=5, retry_after=60)
+    late, dropped, drop = threading.Event(), threading.Event(), client._drop
+
+    def late_drop(sock, generation):  # the first connection's reader is held back until `late` is set
+        if threading.current_thread().name == "ipc-peer" and generation == 1:
+            assert late.wait(10)
+            drop(sock, generation)
+            dropped.set()
+        else:
+            drop(sock, generation)
+
+    client._drop = late_drop
+    try:
+        assert client.call("name") == "first"
+        first.kill()
+        with pytest.raises(ipc.IpcUnavailable, match="connection lost"):
+            client.call("name")  # the write fails: this caller drops the connection, its reader has not yet
+        os.unlink(path)
+        second = HeldPeer(path, "second")
+        answer: list = []
+        caller = threading.Thread(target=lambda: answer.append(client.call("name")))
+        caller.start()
+        assert second.asked.wait(5)  # the request is on the new connection, waiting for its answer
+        late.set()  # now the first connection's reader notices its loss ...
+        assert dropped.wait(5)  # ... and has dropped it (before the fix: failing every pending request)
+        second.hold.set()
+        caller.join(10)
+        assert answer == ["second"]
+    finally:
+        late.set()
+        client.close()

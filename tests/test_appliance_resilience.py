@@ -37,7 +37,9 @@ def test_kill_9_of_a_worker_under_load(appliance, tmp_path):
         slot, victim = sorted(app.worker_pids().items())[0]
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
-        successor = app.wait_for(replaced(slot, victim), "a new worker in the killed worker's slot", timeout=2)
+        # Waited for, not bounded: how soon it is back depends on the machine's load (the respawn delay itself
+        # is 0.1 s for a first crash); that every request after the kill succeeds is what is asserted below.
+        successor = app.wait_for(replaced(slot, victim), "a new worker in the killed worker's slot")
         ready_after = time.monotonic() - killed_at
         # the successor takes its share of the load: its request counter moves
         app.wait_for(lambda s: any(p["pid"] == successor and p["requests"] > 0 for p in s["processes"]),

@@ -71,7 +71,7 @@ def test_help_documents_the_search_order():
     assert "quick start" in out and "./run" in out
 
 
-def test_not_found_is_one_line_exit_1(tmp_path):
+def test_not_found_is_one_line_exit_1(checkout_run_dir, tmp_path):  # never while the quick start test runs
     result = ctl("status", cwd=str(tmp_path))
     if result.returncode == 0:
         pytest.fail("an appliance answered in an implicit place; this test needs none running")

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import pymysql
 import pytest
@@ -82,19 +81,18 @@ def test_sd_blob_rows_are_reflector_gos(mysql_db, clock):
     db.close()
 
 
-def test_five_thousand_blob_sd_blob_in_one_transaction_under_a_second(mysql_db):
+def test_five_thousand_blob_sd_blob_in_one_transaction_with_batched_statements(mysql_db):
+    # reflector.go issue #51: a large sd blob must not cost a round trip per blob. What makes it fast is
+    # asserted (a bounded number of statements, whatever the blob count); how fast is scripts/bench's job.
     stream = make_stream(5000, blob_size=16)
     db = Database(mysql_db.dsn, TrackAccess.STREAMS)
-    db.ping()  # connection made outside the measurement
+    db.ping()  # connection made outside the count
     questions = int(mysql_db.query("SHOW GLOBAL STATUS LIKE 'Questions'")[0][1])
-    started = time.perf_counter()
     db.add_sd_blob(stream.sd_hash, len(stream.sd_blob), stream.sd.stream_hash, stream.db_entries())
-    elapsed = time.perf_counter() - started
     statements = int(mysql_db.query("SHOW GLOBAL STATUS LIKE 'Questions'")[0][1]) - questions
     assert statements < 40, f"{statements} statements: rows were not batched"
     assert mysql_db.query("SELECT COUNT(*) FROM stream_blob") == [(5000,)]
     assert mysql_db.query("SELECT COUNT(*) FROM blob_") == [(5001,)]
-    assert elapsed < 1.0, f"5,000-blob sd blob took {elapsed:.2f}s"  # reflector.go issue #51
     db.close()
 
 

@@ -81,7 +81,8 @@ def test_drain_and_undrain(appliance, tmp_path):
     assert result.returncode == 0, result.stderr
     assert health(port) == (200, b"ok\n")
     poll(lambda: all_accept(app), 5, "the TCP ports to accept again")
-    assert peer_get(app, hash_) == blobs[hash_]
+    for _ in range(20):  # fresh connections, spread over both slots (the respawned worker's among them)
+        assert peer_get(app, hash_) == blobs[hash_]
     assert app.status()["state"] == "ready"
     assert app.stop() == 0
 

@@ -53,7 +53,7 @@ def listeners(ns: Namespace) -> list[str]:
     return [line.split()[4] for line in out.splitlines() if line.strip()]
 
 
-def test_quick_start_stays_on_loopback_and_contacts_no_outside_host(netns, tmp_path):
+def test_quick_start_stays_on_loopback_and_contacts_no_outside_host(checkout_run_dir, netns, tmp_path):
     run_dir = REPO / "run"  # the quick start's own runtime directory, where appliancectl looks for it
     assert not (run_dir / "control.sock").exists(), f"a quick start is already running from {REPO}"
     log_path = tmp_path / "run.log"

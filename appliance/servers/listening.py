@@ -13,6 +13,12 @@ LISTEN_BACKLOG = 2048  # what the supervisor listens with, restored on resume
 
 def pause_listener(sock: socket.socket) -> None:
     """Refuse new connections on a listening socket without closing it; idempotent."""
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        # Paused already (a worker respawned during a drain finds its slot so). Never shut it down again:
+        # Linux fails that with ENOTCONN but still marks the socket shut for reading, and after listen()
+        # connections it accepts read end-of-file at once (the first ones after an undrain were closed
+        # unanswered).
+        return
     try:
         sock.shutdown(socket.SHUT_RD)
     except OSError:  # ENOTCONN: not listening already

@@ -80,6 +80,18 @@ def _user_args() -> list[str]:
     return ["--user=mysql"] if os.geteuid() == 0 else []
 
 
+def _tmpdir(base: Path) -> str:
+    """The instance's own tmpdir: a starting mariadbd deletes every `#sql*` file in its tmpdir (left-over
+    temporary tables), which with the default /tmp were those of any other instance running or being
+    initialised at the time (several test processes under pytest-xdist)."""
+    tmp = base / "tmp"
+    tmp.mkdir(exist_ok=True)
+    if os.geteuid() == 0:
+        mysql = pwd.getpwnam("mysql")
+        os.chown(tmp, mysql.pw_uid, mysql.pw_gid)
+    return f"--tmpdir={tmp}"
+
+
 def make_template() -> Path:
     """A freshly initialised data directory (`<returned dir>/data`) to copy: 0.2 s instead of 2 s per instance."""
     found = binaries()
@@ -87,7 +99,7 @@ def make_template() -> Path:
         raise RuntimeError("mariadb-install-db / mariadbd not found (apt-get install mariadb-server)")
     base = _private_dir("appliance-mariadb-template-")
     result = subprocess.run(
-        [found[0], "--no-defaults", *_user_args(), f"--datadir={base / 'data'}", *INNODB_FILES,
+        [found[0], "--no-defaults", *_user_args(), f"--datadir={base / 'data'}", *INNODB_FILES, _tmpdir(base),
          "--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve"],
         capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
@@ -132,6 +144,7 @@ class MariaDB:
             log = open(self.base / "mariadbd.log", "ab")
             self.process = subprocess.Popen(
                 [self.mariadbd, "--no-defaults", *_user_args(), f"--datadir={self.datadir}", *INNODB_FILES,
+                 _tmpdir(self.base),
                  f"--socket={self.socket}", f"--pid-file={self.base / 'mysqld.pid'}", f"--port={self.port}",
                  "--bind-address=127.0.0.1", "--skip-name-resolve", "--skip-log-bin",
                  "--innodb-buffer-pool-size=64M", "--innodb-flush-log-at-trx-commit=2",
