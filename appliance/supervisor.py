@@ -1,7 +1,8 @@
 """The supervisor: plain CPython (no gevent), modelled on gunicorn's arbiter and nginx's master.
 
 It owns the listening sockets (one SO_REUSEPORT socket per port per worker slot, created before any
-child starts, so a respawned worker takes over its slot's socket and no queued connection is reset),
+child starts, so a respawned worker takes over its slot's socket and no queued connection is reset; the
+upload port has one socket that every worker accepts from, see SHARED_SERVICES),
 the control socket, the scoreboard, :2112 /metrics and sd_notify. Signal handlers and the control
 thread only enqueue; one loop reaps children, checks heartbeats, keeps every role at its target count,
 and talks to systemd.
@@ -33,7 +34,7 @@ from appliance.config import MAX_WORKERS, Config, default_workers, worker_count
 from appliance.metrics_server import MetricsServer
 from appliance.scoreboard import Scoreboard
 from appliance.sdnotify import Notifier
-from appliance.servers.listening import pause_listener, resume_listener
+from appliance.servers.listening import SHARED_SERVICES, pause_listener, resume_listener
 
 log = logging.getLogger("supervisor")
 
@@ -51,11 +52,7 @@ SERVING_ROLES = ("worker", "http3")  # stopped first; the other roles serve them
 # backoff and reported as degraded, never a halt, and readiness does not wait for it once it has failed.
 OPTIONAL_ROLES = ("cache-manager",)
 OPTIONAL_BOOT_BACKOFF = (1.0, 60.0)  # first and longest delay between boot attempts of an optional role
-SLOTTED_ROLES = ("worker", "http3")
-# Uploads are few, long and heavy: one accept queue shared by every worker gives each new upload to a worker
-# free to take it. Per-slot SO_REUSEPORT sockets (the peer and HTTP ports) hash connections to workers, and
-# 8 uploads over 2 workers then split 5/3 or 6/2 as often as 4/4: the busiest worker sets the pace.
-SHARED_SERVICES = ("receiver",)  # several processes, each in a slot with sockets the supervisor keeps
+SLOTTED_ROLES = ("worker", "http3")  # several processes, each in a slot with sockets the supervisor keeps
 
 
 class SupervisorError(Exception):
@@ -720,7 +717,7 @@ class Supervisor:
         for index, sockets in self.worker_sockets.items():
             if index not in manned:
                 for service, sock in sockets.items():
-                    if service != "http":
+                    if service != "http" and (index == 0 or service not in SHARED_SERVICES):
                         pause_listener(sock)
         log.info("draining: /health answers 503, the TCP ports refuse new connections")
 

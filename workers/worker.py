@@ -191,6 +191,7 @@ def main(ctx: ChildContext) -> int:
         servers.append(ReceiverServer(receiver, store, underlying, timeout=config.upload_timeout,
                                       idle_timeout=config.upload_idle_timeout,
                                       blocked=blocklist.is_blocked if blocklist is not None else None))
+        servers[-1].pauses_listener = ctx.index == 0  # its socket is shared by every worker (SHARED_SERVICES)
     peer = ctx.listener("tcp_peer")
     if peer is not None:
         from appliance.servers.peer import PeerServer

@@ -82,6 +82,7 @@ class GeventServer:
     # On a socket shared by every worker: after each accept, wait this long per open connection before taking
     # the next, so the worker with the fewest connections takes it (0: no wait; per-slot sockets must not wait)
     accept_stagger = 0.0
+    pauses_listener = True  # False for a worker that leaves a shared socket's drain to worker 0
 
     def __init__(self, listener: socket.socket):
         self.listener = listener
@@ -133,8 +134,10 @@ class GeventServer:
         self._paused = True
         if self._server is not None:
             self._server.stop_accepting()
-            self._take_queued()
-        pause_listener(self.listener)
+        if self.pauses_listener:  # (else worker 0 pauses this shared socket, taking its queue first)
+            if self._server is not None:
+                self._take_queued()
+            pause_listener(self.listener)
 
     def _take_queued(self) -> None:
         server = self._server

@@ -9,6 +9,11 @@ from __future__ import annotations
 import socket
 
 LISTEN_BACKLOG = 2048  # what the supervisor listens with, restored on resume
+# Services whose one listening socket every worker accepts from (the others have one SO_REUSEPORT socket per
+# worker slot). Uploads are few, long and heavy: a shared queue lets the worker with the fewest take the next,
+# where SO_REUSEPORT's hash splits 8 uploads over 2 workers 5/3 or 6/2 as often as 4/4. Only worker 0 (or the
+# supervisor, while slot 0 has no worker) pauses a shared socket: two shutdowns of one socket must not race.
+SHARED_SERVICES = ("receiver",)
 
 
 def pause_listener(sock: socket.socket) -> None:

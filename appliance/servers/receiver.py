@@ -41,8 +41,8 @@ class ReceiverServer(GeventServer):
     """`store` takes the writes (put/put_sd); `underlying` answers has() and, if it can, needed_blobs."""
 
     name = "receiver"
-    # Every worker accepts uploads from one shared queue (appliance/supervisor.py SHARED_SERVICES). One per
-    # wakeup, then a pause of 1 ms per upload in progress: the worker with the fewest uploads takes the next.
+    # Every worker accepts uploads from one shared queue (SHARED_SERVICES in appliance/servers/listening.py). One
+    # per wakeup, then a pause of 1 ms per upload in progress: the worker with the fewest uploads takes the next.
     accept_batch = 1
     accept_stagger = 0.001
 
