@@ -10,7 +10,8 @@ So stopping never closes it: the server accepts from a duplicate of the descript
 
 `max_per_ip` caps the connections one client IP holds open on this server (0: no cap). It counts in
 this process only: the appliance gives each worker its share of the configured total (see
-workers/worker.py), and SO_REUSEPORT spreads one client's connections over the workers.
+workers/worker.py), and SO_REUSEPORT (or, on a socket every worker shares, `accept_stagger`) spreads one
+client's connections over the workers.
 """
 from __future__ import annotations
 
