@@ -80,9 +80,11 @@ class GeventServer:
     max_per_ip = 0  # open connections one client IP may hold on this server; 0 = no cap
     refusal = b""  # sent to a connection refused by the cap before it is closed (e.g. an HTTP 503)
     accept_batch = 16  # connections taken per wakeup: fairness between the hub's other work and new clients
-    # On a socket shared by every worker: after each accept, wait this long per open connection before taking
-    # the next, so the worker with the fewest connections takes it (0: no wait; per-slot sockets must not wait)
+    # On a socket shared by every worker: after each accept, wait this long per open connection (at most
+    # accept_stagger_max) before taking the next, so the worker with the fewest connections takes it (0: no
+    # wait; per-slot sockets must not wait). The cap keeps many idle connections from slowing every accept.
     accept_stagger = 0.0
+    accept_stagger_max = 0.0
     pauses_listener = True  # False for a worker that leaves a shared socket's drain to worker 0
 
     def __init__(self, listener: socket.socket):
@@ -208,7 +210,8 @@ class GeventServer:
         self._gauge.inc()
         if self.accept_stagger and self._server is not None:
             self._server.stop_accepting()
-            gevent.spawn_later(self.accept_stagger * self.connections, self._accept_again)
+            gevent.spawn_later(min(self.accept_stagger * self.connections, self.accept_stagger_max),
+                               self._accept_again)
         try:
             self.handle(sock, address)
         except Exception:

@@ -42,9 +42,11 @@ class ReceiverServer(GeventServer):
 
     name = "receiver"
     # Every worker accepts uploads from one shared queue (SHARED_SERVICES in appliance/servers/listening.py). One
-    # per wakeup, then a pause of 1 ms per upload in progress: the worker with the fewest uploads takes the next.
+    # per wakeup, then a pause of 1 ms per connection it holds, at most 4 ms: the worker with the fewest takes
+    # the next (and 500 idle connections still leave a worker accepting 250 a second).
     accept_batch = 1
     accept_stagger = 0.001
+    accept_stagger_max = 0.004
 
     def __init__(self, listener, store, underlying, *, timeout: float = 180.0, idle_timeout: float = 60.0,
                  blocked=None, disable_uploads: bool = False):
