@@ -1,8 +1,9 @@
 """Uploads are spread over the workers by how many each holds, not by SO_REUSEPORT's hash (issue 19 item 2).
 
 Every worker accepts from one shared upload socket, one connection at a time, then waits 1 ms per connection
-it holds (at most 4 ms): the worker with the fewest takes the next. With the hash, 8 simultaneous uploads over 2 workers split
-4/4 in only about a quarter of the cases (5/3 and 6/2 are as common), and the busiest worker sets the pace.
+it holds (at most 4 ms): the worker with the fewest takes the next. With the hash, 8 simultaneous uploads over
+2 workers split 4/4 in only about a quarter of the cases (5/3 and 6/2 are as common), and the busiest worker
+sets the pace.
 """
 from __future__ import annotations
 
