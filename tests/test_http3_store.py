@@ -210,7 +210,7 @@ print(json.dumps({"sizes": [j.value for j in jobs], "elapsed": elapsed, "ticks":
 
 def test_from_gevent_greenlets_without_blocking_the_hub(blobs, tmp_path):
     inner, data = blobs
-    with ServerThread(CountingStore(inner, delay=1.5), str(tmp_path)) as srv:
+    with ServerThread(CountingStore(inner, delay=3.0), str(tmp_path)) as srv:
         hashes = list(data) * 2
         out = subprocess.run([sys.executable, "-c", GEVENT_SCRIPT, str(srv.port), ",".join(hashes)],
                              capture_output=True, text=True, timeout=60, cwd=ROOT,
@@ -218,8 +218,9 @@ def test_from_gevent_greenlets_without_blocking_the_hub(blobs, tmp_path):
         assert out.returncode == 0, out.stderr
         result = json.loads(out.stdout)
         assert result["sizes"] == [len(data[h]) for h in hashes]
-        # The gets waited >= 1.5 s on the upstream; the hub kept running its other greenlets meanwhile (a
-        # blocked hub would show one gap as long as the wait, and a handful of ticks).
-        assert result["elapsed"] >= 1.5 and result["ticks"] >= 20
-        assert result["max_gap"] < 1.0
+        # The gets waited >= 3 s on the upstream; the hub kept running its other greenlets meanwhile (a
+        # blocked hub would show one gap as long as the wait, and a handful of ticks). The margin is wide: a
+        # loaded machine may not schedule the process for a while.
+        assert result["elapsed"] >= 3.0 and result["ticks"] >= 20
+        assert result["max_gap"] < 2.0
         assert len(srv.service.connections) == 1  # every greenlet's request went over one connection
