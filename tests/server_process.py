@@ -122,3 +122,12 @@ def wait_for(condition, timeout: float = 10.0, interval: float = 0.01):
 
 
 __all__ = ["ServerProcess", "recv_exactly", "recv_json", "closed_by_peer", "rss_kib", "wait_for"]
+
+
+def metric(text: str, series: str) -> float:
+    """The value of one series in a Prometheus text exposition (0 when absent)."""
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == series:
+            return float(value)
+    return 0.0

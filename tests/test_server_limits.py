@@ -8,7 +8,7 @@ import socket
 import time
 
 import pytest
-from server_process import ServerProcess, closed_by_peer, recv_json
+from server_process import ServerProcess, closed_by_peer, metric, recv_json
 
 from appliance.blob import blob_hash
 from appliance.protocol import peer as peer_codec
@@ -16,14 +16,6 @@ from appliance.protocol import reflector as codec
 from tests.appliance_process import appliance_fixture  # noqa: F401
 
 HASH = "ab" * 48
-
-
-def metric(text: str, series: str) -> float:
-    for line in text.splitlines():
-        name, _, value = line.rpartition(" ")
-        if name == series:
-            return float(value)
-    return 0.0
 
 
 def connect(port: int, source: str = "127.0.0.1") -> socket.socket:

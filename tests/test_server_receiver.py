@@ -6,7 +6,7 @@ import sys
 import threading
 
 import pytest
-from server_process import ServerProcess, closed_by_peer, recv_exactly, recv_json
+from server_process import ServerProcess, closed_by_peer, metric, recv_exactly, recv_json
 
 from appliance.blob import MAX_BLOB_SIZE, blob_hash
 from appliance.protocol import peer as peer_codec
@@ -25,15 +25,6 @@ CONTENT = [b.blob_hash for b in parse_sd_blob(SD).content_blobs]
 
 def _server(*extra):
     return ServerProcess("--store", "memory", "--receiver-port", "0", "--peer-port", "0", "--print-metrics", *extra)
-
-
-def metric(text: str, series: str) -> float:
-    """The value of one series in a Prometheus text exposition (0 when absent)."""
-    for line in text.splitlines():
-        name, _, value = line.rpartition(" ")
-        if name == series:
-            return float(value)
-    return 0.0
 
 
 def play(sock, turns):

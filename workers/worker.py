@@ -18,6 +18,7 @@ from gevent.event import Event
 from appliance import ipc, logs, metrics, misses
 from appliance.config import worker_count
 from appliance.scoreboard import READY, STOPPING
+from appliance.servers.listening import SHARED_SERVICES
 from appliance.stores.compose import CompositionError, build_origin, disk_cache_specs
 from appliance.stores.disk import DiskStore
 from appliance.stores.tiered import REPORT_INTERVAL, CacheManagerClient, TieredStore
@@ -191,7 +192,6 @@ def main(ctx: ChildContext) -> int:
         servers.append(ReceiverServer(receiver, store, underlying, timeout=config.upload_timeout,
                                       idle_timeout=config.upload_idle_timeout,
                                       blocked=blocklist.is_blocked if blocklist is not None else None))
-        servers[-1].pauses_listener = ctx.index == 0  # its socket is shared by every worker (SHARED_SERVICES)
     peer = ctx.listener("tcp_peer")
     if peer is not None:
         from appliance.servers.peer import PeerServer
@@ -207,6 +207,8 @@ def main(ctx: ChildContext) -> int:
     per_ip = _per_worker_share(config.max_connections_per_ip, worker_count(config))
     for server in servers:
         server.max_per_ip = per_ip
+        # a socket every worker shares is paused for a drain by worker 0 alone (appliance/servers/listening.py)
+        server.pauses_listener = server.name not in SHARED_SERVICES or ctx.index == 0
     drainer = gevent.spawn(follow_drain, ctx.scoreboard, [s for s in servers if s.name != "http"])
     for server in servers:
         if server.name == "http":
