@@ -203,6 +203,30 @@ def test_a_durable_writer_starts_writeback_as_bytes_arrive(tmp_path, monkeypatch
     assert len(started) == 3
 
 
+def _resident_bytes(path) -> int:
+    """Bytes of the file in the page cache (util-linux fincore)."""
+    out = subprocess.run(["fincore", "--raw", "--noheadings", "--bytes", "--output", "RES", str(path)],
+                         check=True, capture_output=True, text=True).stdout
+    return int(out.split()[0])
+
+
+def test_a_durable_blob_leaves_the_page_cache_and_a_cache_copy_stays(tmp_path):
+    # The durable file's clean pages go back at once, for the next upload's writes to reuse; a cache copy,
+    # written to be served, keeps them. Both read back whole.
+    data = os.urandom(2 * 1024 * 1024)
+    store = DiskStore(str(tmp_path / "origin"))
+    with store.writer(blob_hash(data)) as writer:
+        writer.write(data)
+        writer.commit()
+    assert _resident_bytes(store.path(blob_hash(data))) == 0
+    cache = DiskStore(str(tmp_path / "cache"))
+    with cache.writer(blob_hash(data), durable=False) as writer:
+        writer.write(data)
+        writer.commit()
+    assert _resident_bytes(cache.path(blob_hash(data))) == len(data)
+    assert store.get_bytes(blob_hash(data)) == data == cache.get_bytes(blob_hash(data))
+
+
 def test_tiered_upload_streams_into_the_origin_and_a_cache_copy(tmp_path):
     from appliance.stores.tiered import TieredStore
 

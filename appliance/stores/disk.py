@@ -192,6 +192,11 @@ class BlobWriter(Upload):
 
     def _publish_durably(self) -> None:
         os.fdatasync(self._fd)  # the data first: a rename must never outlive a crash with short data
+        # Hand the now clean pages back at once: the next blob's writes reuse them instead of taking pages
+        # the kernel has not touched lately. On a VM that returns free memory to its host, such a page
+        # faults in the host first: a 256 KiB write took 0.6 ms instead of 0.05 ms here, which halved
+        # ingest. An upload is rarely read back soon, and a read finds it on disk.
+        os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
         parent = self._publish()
         self.store.dir_sync.sync(parent)  # then the rename itself
         if parent not in self.store.durable_dirs:
