@@ -13,11 +13,11 @@ start to the last receipt. In every round, in alternating order:
   to the same S3 server (a presigned URL each, one kept-alive http.client connection, nothing else): what
   the S3 server alone takes on this machine, the ceiling of the full stack.
 This machine is a VM that hands freed memory back to its host, so new page-cache pages cost 10x what they cost
-on a dedicated machine, and which server gets pages the guest still holds varies from round to round; --warm-
-memory touches the free memory first (see warm_memory). Before the rounds, untimed, every server takes a few
-dozen small streams (its workers' first uploads make their S3 clients and database connections). It prints
-medians of the per-round ratios: ours/reference at 1 uploader, ours 8 uploaders / ours 1, full/ours at 1 and
-at 8 uploaders, and the bare PUTs against local storage and against the full stack. Then the cost of
+on a dedicated machine, and which server gets pages the guest still holds varies from round to round;
+--warm-memory touches the free memory first (see warm_memory). Before the rounds, untimed, every server takes
+a few dozen small streams (its workers' first uploads make their S3 clients and database connections). It
+prints medians of the per-round ratios: ours/reference at 1 uploader, ours 8 uploaders / ours 1, full/ours at
+1 and at 8 uploaders, and the bare PUTs against local storage and against the full stack. Then the cost of
 durability on this disk, with the appliance's own disk writer and no network: a 2 MiB blob written and renamed
 (what the reference does) against one made durable (what an upload waits for before its receipt), and the
 share of the reference that this allows at 1 uploader.
