@@ -22,6 +22,14 @@ def store_for(bucket, **kwargs) -> S3Store:
     return S3Store(bucket.aws_id, bucket.aws_secret, bucket.region, bucket.bucket, bucket.endpoint, **kwargs)
 
 
+def stream(store: S3Store, data: bytes) -> S3Upload:
+    with store.stream_upload(blob_hash(data), len(data)) as upload:
+        for i in range(0, len(data), 256 * 1024):
+            upload.write(data[i:i + 256 * 1024])
+        upload.commit()
+    return upload
+
+
 def test_put_has_get_delete(s3_any):
     store = store_for(s3_any)
     data = os.urandom(2 * 1024 * 1024)  # a full-size blob
@@ -43,10 +51,12 @@ def test_put_has_get_delete(s3_any):
 
 
 def test_objects_are_public_read_as_reflector_go(s3_bucket):
-    data = b"public blob"
-    store_for(s3_bucket).put(blob_hash(data), data)
-    grants = s3_bucket.client().get_object_acl(Bucket=s3_bucket.bucket, Key=blob_hash(data))["Grants"]
-    assert any(g["Grantee"].get("URI", "").endswith("/AllUsers") and g["Permission"] == "READ" for g in grants)
+    whole, streamed = b"public blob", os.urandom(300_000)
+    store_for(s3_bucket).put(blob_hash(whole), whole)
+    assert stream(store_for(s3_bucket), streamed)._error is None
+    for data in (whole, streamed):
+        grants = s3_bucket.client().get_object_acl(Bucket=s3_bucket.bucket, Key=blob_hash(data))["Grants"]
+        assert any(g["Grantee"].get("URI", "").endswith("/AllUsers") and g["Permission"] == "READ" for g in grants)
 
 
 def test_missing_bucket_and_corrupt_objects(s3_any):
@@ -109,6 +119,30 @@ def test_a_streamed_upload_is_put_as_it_arrives_and_only_completes_at_commit(s3_
     assert "putting it whole" not in caplog.text  # it was the streamed PUT that stored it
     assert s3_out_bytes() - before == len(data)
     assert store.get_bytes(hash_) == data and s3_any.keys() == {hash_}
+
+
+def test_streamed_puts_share_one_kept_alive_connection(s3rver_server, caplog):
+    # s3rver keeps connections alive (moto's server closes each one after its answer)
+    caplog.set_level(logging.INFO, "store")
+    store = store_for(s3rver_server.bucket())
+    blobs = [os.urandom(700_000) for _ in range(4)]
+    for data in blobs:
+        assert stream(store, data)._error is None
+    assert "putting it whole" not in caplog.text
+    assert store.put_connections().opened == 1  # the later PUTs reused the first one's connection
+    for data in blobs:
+        assert store.get_bytes(blob_hash(data)) == data
+
+
+def test_a_streamed_put_that_s3_refuses_says_why_and_the_whole_put_reports_it(s3_any):
+    gone = S3Store(s3_any.aws_id, s3_any.aws_secret, s3_any.region, "no-such-bucket-here", s3_any.endpoint,
+                   max_attempts=1)
+    data = os.urandom(100_000)
+    upload = gone.stream_upload(blob_hash(data), len(data))
+    upload.write(data)
+    with pytest.raises(OriginError, match="bucket no-such-bucket-here does not exist"):
+        upload.commit()
+    assert isinstance(upload._error, OriginError) and "404 NoSuchBucket" in str(upload._error)
 
 
 def test_an_aborted_streamed_upload_is_never_listed_and_a_reupload_replaces_it(s3_any, mysql_db):

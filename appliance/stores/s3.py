@@ -22,12 +22,14 @@ from appliance.blob import MAX_BLOB_SIZE, blob_hash, check_hash
 from appliance.errors import BlobNotFound, IdleTimeout, OriginError
 from appliance.stores.base import Blob, BlobStore, BlobStream, Upload
 from appliance.stores.offhub import cooperate
+from appliance.stores.s3put import PutConnections
 from appliance.trace import Trace
 
 log = logging.getLogger("store")
 
 NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 CHUNK = 128 * 1024
+PRESIGN_SECONDS = 900  # a streamed PUT's URL is used at once; this only bounds a clock skew
 
 
 class S3Store(BlobStore):
@@ -54,20 +56,13 @@ class S3Store(BlobStore):
             # Only the checksums S3 requires: third-party S3 servers reject the newer optional ones,
             # and blobs are verified by their SHA-384 anyway.
             request_checksum_calculation="when_required", response_checksum_validation="when_required",
-            max_pool_connections=64)
-        # Streamed uploads: the body is sent as it arrives, so it cannot be hashed for the signature first
-        # (S3 takes UNSIGNED-PAYLOAD; blobs are checked by their SHA-384) nor rewound for a retry (a failed
-        # stream is put again, whole, by the client above, which retries).
-        # The body is an iterable of memoryviews (_Body), which botocore's parameter validation does not
-        # list (it checks bytes or a file-like object); urllib3 sends an iterable chunk by chunk, and with
-        # no file-like body botocore adds no `Expect: 100-continue` round trip before it.
-        self._stream_config = self._config.merge(Config(
-            retries={"mode": "standard", "max_attempts": 1}, parameter_validation=False,
-            s3={"addressing_style": "path" if endpoint else "virtual", "payload_signing_enabled": False}))
+            # SigV4 for presigned URLs too (botocore presigns with SigV2 for a custom endpoint otherwise)
+            signature_version="s3v4", max_pool_connections=64)
+        self._connect_timeout = connect_timeout
         self._lock = threading.Lock()
         self._client = None
         self._client_pid = 0
-        self._stream_client = None
+        self._puts: PutConnections | None = None
 
     @classmethod
     def from_config(cls, config) -> S3Store:
@@ -83,14 +78,14 @@ class S3Store(BlobStore):
                                                     aws_secret_access_key=self.aws_secret or None,
                                                     region_name=self.region)
                     self._client = session.client("s3", endpoint_url=self.endpoint or None, config=self._config)
-                    self._stream_client = session.client("s3", endpoint_url=self.endpoint or None,
-                                                         config=self._stream_config)
+                    self._puts = PutConnections(self._connect_timeout, self.read_timeout)
                     self._client_pid = os.getpid()
         return self._client
 
-    def stream_client(self):
+    def put_connections(self) -> PutConnections:
+        """This process's connections for streamed PUTs."""
         self.client()
-        return self._stream_client
+        return self._puts
 
     def has(self, hash_: str) -> bool:
         check_hash(hash_)
@@ -207,7 +202,7 @@ class _Body:
 
     The blob's buffer is allocated whole up front (a blob is at most 2 MiB) and never resized, so each
     hand-over is a memoryview of what arrived since the last one: no copy, and one hand-over per received
-    chunk rather than one per 16 KiB `read` (urllib3 sends an iterable body chunk by chunk). The final byte
+    chunk rather than one per 16 KiB `read` (appliance.stores.s3put sends each chunk it yields). The final byte
     is held back until `release` (the caller has verified the SHA-384 by then), so S3 cannot complete the
     object before that; `fail` makes the iteration raise, which aborts the PUT, and S3 keeps nothing of a
     body shorter than its Content-Length. The whole buffer stays for a whole-blob retry.
@@ -259,10 +254,10 @@ class _Body:
 
 
 class S3Upload(Upload):
-    """S3Store.stream_upload: the PUT starts at once (its request is built and signed while the first bytes
-    are on their way) and runs in a thread, or a greenlet in a gevent worker, sending each chunk as it is
-    written; `commit` sends the held-back final byte and waits for S3's answer. If the stream fails, the
-    blob is put again whole, with retries, before `commit` returns."""
+    """S3Store.stream_upload: the PUT starts at once (its URL is presigned and its connection taken while the first
+    bytes are on their way; appliance.stores.s3put) and runs in a thread, or a greenlet in a gevent worker,
+    sending each chunk as it is written; `commit` sends the held-back final byte and waits for S3's answer. If
+    the stream fails, the blob is put again whole, with retries, before `commit` returns."""
 
     def __init__(self, store: S3Store, hash_: str, size: int):
         if not 0 < size <= MAX_BLOB_SIZE:
@@ -274,10 +269,14 @@ class S3Upload(Upload):
         self._thread.start()
 
     def _put(self) -> None:
-        extra = {"ACL": self.store.acl} if self.store.acl else {}
+        # The body is sent as it arrives, so it is not signed (a presigned PUT is UNSIGNED-PAYLOAD; blobs are
+        # checked by their SHA-384) and cannot be rewound for a retry: a failed stream is put again whole.
+        store = self.store
+        acl = {"ACL": store.acl} if store.acl else {}
         try:
-            self.store.stream_client().put_object(Bucket=self.store.bucket, Key=self.hash, Body=self.body,
-                                                  ContentLength=self.size, **extra)
+            url = store.client().generate_presigned_url(
+                "put_object", Params={"Bucket": store.bucket, "Key": self.hash, **acl}, ExpiresIn=PRESIGN_SECONDS)
+            store.put_connections().put(url, self.body, self.size, {"x-amz-acl": store.acl} if store.acl else {})
         except Exception as exc:  # reported by commit, which then puts the blob whole
             self._error = exc
 
