@@ -1,6 +1,7 @@
 """S3Store against real S3 servers: moto's server mode and s3rver (a second implementation)."""
 import logging
 import os
+import ssl
 
 import pytest
 from prometheus_client import REGISTRY
@@ -132,6 +133,38 @@ def test_streamed_puts_share_one_kept_alive_connection(s3rver_server, caplog):
     assert store.put_connections().opened == 1  # the later PUTs reused the first one's connection
     for data in blobs:
         assert store.get_bytes(blob_hash(data)) == data
+
+
+def test_streamed_puts_over_https_check_the_certificate_against_botocore_s_ca_bundle(s3rver_server, tmp_path,
+                                                                                    monkeypatch):
+    from appliance.http3.tls import load_or_create
+    from tests.servers.tlsproxy import TlsProxy
+
+    load_or_create(str(tmp_path))  # a self-signed certificate for 127.0.0.1
+    pem = tmp_path / "combined.pem"
+    pem.write_bytes((tmp_path / "cert.pem").read_bytes() + (tmp_path / "key.pem").read_bytes())
+    bucket = s3rver_server.bucket()
+    proxy = TlsProxy(tmp_path, s3rver_server.port, pem)
+    try:
+        https = S3Store(bucket.aws_id, bucket.aws_secret, bucket.region, bucket.bucket,
+                        f"https://127.0.0.1:{proxy.port}", max_attempts=1)
+        data = os.urandom(500_000)
+        upload = https.stream_upload(blob_hash(data), len(data))
+        upload.write(data)
+        with pytest.raises(OriginError):  # not trusted: neither the streamed PUT nor boto3's
+            upload.commit()
+        assert isinstance(upload._error, ssl.SSLCertVerificationError)
+
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(tmp_path / "cert.pem"))
+        https = S3Store(bucket.aws_id, bucket.aws_secret, bucket.region, bucket.bucket,
+                        f"https://127.0.0.1:{proxy.port}", max_attempts=1)
+        for _ in range(2):
+            data = os.urandom(500_000)
+            assert stream(https, data)._error is None
+            assert https.get_bytes(blob_hash(data)) == data
+        assert https.put_connections().opened == 1
+    finally:
+        proxy.close()
 
 
 def test_a_streamed_put_that_s3_refuses_says_why_and_the_whole_put_reports_it(s3_any):

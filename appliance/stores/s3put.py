@@ -70,12 +70,6 @@ class PutConnections:
         else:
             self._give_back(origin, conn)
 
-    def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for _, _, conn in idle:
-            conn.close()
-
     def _take(self, origin: tuple[str, str, int]) -> http.client.HTTPConnection:
         now = time.monotonic()
         while True:
