@@ -5,7 +5,7 @@ import argparse
 import os
 
 from appliance import config as cfg
-from appliance.cli.common import CommandError, load_config
+from appliance.cli.common import CommandError, load_config, set_up_supervisor
 
 # reflector.go's flags of `prism reflector` first, then the appliance's own.
 FLAGS = [s.key for s in cfg.SETTINGS if s.flag != "" and s.group not in ("compat",)]
@@ -20,19 +20,13 @@ def run(args: argparse.Namespace) -> int:
     if config.log_file:  # the supervisor's own lines go to --log-file too, as its children's do
         logs.setup("prism", verbose_components(args), config.log_file)
     check(config)
-    from appliance.supervisor import Supervisor, SupervisorError
 
     def reload_config() -> cfg.Config:
         new = load_config(args, overrides)
         check(new)  # a bad edit is refused by HUP as it is at start, and the running config stays
         return new
 
-    supervisor = Supervisor(config, reload_config, verbose_components(args))
-    try:
-        supervisor.setup()
-    except SupervisorError as exc:
-        supervisor.shutdown()
-        raise CommandError(str(exc)) from None
+    supervisor = set_up_supervisor(config, reload_config, verbose_components(args))
     # Notes come after the checks, so a failed start prints its one error line and nothing else.
     from appliance.cli.exposure import summary
 

@@ -17,7 +17,7 @@ import argparse
 import logging
 
 from appliance import config as cfg
-from appliance.cli.common import EXIT_USAGE, CommandError, load_config
+from appliance.cli.common import EXIT_USAGE, CommandError, load_config, set_up_supervisor
 
 log = logging.getLogger("prism")
 
@@ -74,20 +74,13 @@ def run(args: argparse.Namespace) -> int:
         ensure_schema(config.db_conn)  # fail here, with one line, when the database cannot be used
     except ClusterError as exc:
         raise CommandError(str(exc)) from None
-    from appliance.supervisor import Supervisor, SupervisorError
 
     def reload_config() -> cfg.Config:
         new = prism_config(args)
         check(new)  # a bad edit is refused by HUP as it is at start, and the running config stays
         return new
 
-    supervisor = Supervisor(config, reload_config, verbose_components(args))
-    try:
-        supervisor.setup()
-    except SupervisorError as exc:
-        supervisor.shutdown()
-        raise CommandError(str(exc)) from None
-    return supervisor.run()
+    return set_up_supervisor(config, reload_config, verbose_components(args)).run()
 
 
 def register(subparsers) -> None:

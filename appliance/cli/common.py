@@ -5,7 +5,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from appliance import config as cfg
 
@@ -50,6 +50,20 @@ def load_config(args: argparse.Namespace, overrides: dict | None = None) -> cfg.
     if config.unknown_keys:
         log.warning("config %s: ignoring unknown keys: %s", path, ", ".join(sorted(config.unknown_keys)))
     return config
+
+
+def set_up_supervisor(config: cfg.Config, reload_config: Callable[[], cfg.Config], components: list[str]):
+    """A Supervisor for `config` with its sockets and runtime directory set up (a CommandError, one line, when
+    they cannot be); a HUP switches to what `reload_config` returns."""
+    from appliance.supervisor import Supervisor, SupervisorError
+
+    supervisor = Supervisor(config, reload_config, components)
+    try:
+        supervisor.setup()
+    except SupervisorError as exc:
+        supervisor.shutdown()
+        raise CommandError(str(exc)) from None
+    return supervisor
 
 
 def plural(count: int, singular: str, plural_form: str | None = None) -> str:
