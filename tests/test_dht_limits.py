@@ -28,16 +28,7 @@ from appliance.dht.messages import (
 from appliance.dht.node import Node
 from appliance.dht.ratelimit import SourceLimiter
 from appliance.dht.service import DhtService
-
-
-def wait_for(condition, timeout=15.0, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
+from tests.appliance_process import poll
 
 
 def udp_socket(ip: str, port: int = 0) -> socket.socket:
@@ -201,7 +192,7 @@ def ten_nodes():
             services.append(service)
         for service in services:  # everybody learns everybody (a lookup of our own id after the others joined)
             iterative.find_node(service.node, service.node_id)
-        wait_for(lambda: all(len(s.node.routing) >= 8 for s in services))
+        poll(lambda: all(len(s.node.routing) >= 8 for s in services), 15, "every node to know 8 others")
         yield services
     finally:
         for service in services:
@@ -213,7 +204,7 @@ def test_lookups_after_three_nodes_died_find_the_value_and_never_ask_a_known_dea
     blob = os.urandom(48).hex()
     key = bytes.fromhex(blob)
     assert announcer.announce([blob]) == 1
-    wait_for(lambda: announcer.status()["announced"] == 1)
+    poll(lambda: announcer.status()["announced"] == 1, 15, "the announcement")
     holder = ("127.0.0.1", announcer.node.peer_port)
     assert holder in searcher.lookup(blob)
     # The three nodes closest to the key (besides these two) die; silent sockets take their ports and count
@@ -230,8 +221,8 @@ def test_lookups_after_three_nodes_died_find_the_value_and_never_ask_a_known_dea
         for service in survivors:
             assert holder in service.lookup(blob), service.port
         # Their requests time out: every survivor marks the dead as failed.
-        wait_for(lambda: all(s.node.routing.known_failed(a) for s in survivors for a in dead_addresses),
-                 timeout=20)
+        poll(lambda: all(s.node.routing.known_failed(a) for s in survivors for a in dead_addresses), 20,
+             "the survivors to mark the dead nodes failed")
         dead_ids = {s.node_id for s in dead}
         for service in survivors:
             assert not dead_ids & {c.node_id for c in service.node.routing.find_close(key, 16)}

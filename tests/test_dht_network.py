@@ -17,20 +17,11 @@ from appliance.dht.messages import FIND_NODE, Request, Response, decode_message,
 from appliance.dht.node import Node
 from appliance.dht.protocol import RemoteError
 from appliance.dht.service import DhtService
+from tests.appliance_process import poll
 
 PRISM = [sys.executable, "-m", "appliance.cli.prism"]
 NODES = 30
 TIMEOUT = 1.0  # per RPC; every node here answers within milliseconds
-
-
-def wait_for(condition, timeout=15.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def random_hash():
@@ -51,7 +42,7 @@ def network():
             service.start()
             assert service.wait_joined(10)
             services.append(service)
-        wait_for(lambda: all(len(s.node.routing) >= 8 for s in services))
+        poll(lambda: all(len(s.node.routing) >= 8 for s in services), 15, "every node to know 8 others")
         yield services
     finally:
         for service in services:
@@ -64,7 +55,8 @@ def test_values_announced_from_some_nodes_are_found_from_every_node(network):
     for blob, holders in announcers.items():
         for service in holders:
             assert service.announce([blob]) == 1
-    wait_for(lambda: all(s.status()["announced"] >= 1 for h in announcers.values() for s in h))
+    poll(lambda: all(s.status()["announced"] >= 1 for h in announcers.values() for s in h), 15,
+         "every announcement")
     assert sum(s.status()["stored_peers"] for s in network) >= 5 * 8 * 0.5  # stores landed on other nodes
     for blob, holders in announcers.items():
         expected = {("127.0.0.1", s.node.peer_port) for s in holders}
@@ -110,7 +102,8 @@ def run_prism(*args, timeout=30):
 def test_prism_dht_lookup_finds_a_peer_announced_in_the_network(network):
     blob = random_hash()
     network[17].announce([blob])
-    wait_for(lambda: network[17].status()["announced"] >= 1 and not network[17].status()["queued"])
+    poll(lambda: network[17].status()["announced"] >= 1 and not network[17].status()["queued"], 15,
+         "node 17 to announce")
     seeds = f"127.0.0.1:{network[4].port},127.0.0.1:{network[9].port}"
     done = run_prism("dht", "lookup", blob, "--seeds", seeds, "--host", "127.0.0.1", "--timeout", "1")
     assert done.returncode == 0, done.stderr
@@ -159,7 +152,7 @@ def test_prism_dht_connect_honours_node_id_announces_and_stops_on_sigterm(networ
         assert match.group(1) == node_id  # reflector.go ignores --nodeID; we do not
         port = int(match.group(2))
         assert network[0].node.ping(("127.0.0.1", port)) == bytes.fromhex(node_id)
-        assert ("127.0.0.1", 7777) in wait_for(lambda: network[12].lookup(blob))
+        assert ("127.0.0.1", 7777) in poll(lambda: network[12].lookup(blob), 15, "the lookup to find the peer")
     finally:
         assert stop_prism(proc) == 0
 
@@ -174,7 +167,8 @@ def test_prism_dht_bootstrap_introduces_nodes_to_each_other():
         second.start()
         assert first.bootstrap([seed]) == 1
         # the bootstrap node pings new senders and keeps those that answer: then it hands them out
-        wait_for(lambda: any(c.node_id == first.node_id for c in second.find_node(seed, second.node_id)))
+        poll(lambda: any(c.node_id == first.node_id for c in second.find_node(seed, second.node_id)), 15,
+             "the seed to know the first node")
         assert second.bootstrap([seed]) == 1
         assert second.routing.get(first.node_id) is not None
         with pytest.raises(RemoteError):  # a bootstrap node only knows ping and findNode
@@ -228,9 +222,9 @@ def test_bootstrap_node_drops_contacts_that_stop_answering():
     node.start()
     try:
         assert node.ping(("127.0.0.1", bootstrap.port))
-        wait_for(lambda: [c.node_id for c in bootstrap.contacts()] == [node.node_id])
+        poll(lambda: [c.node_id for c in bootstrap.contacts()] == [node.node_id], 15, "the bootstrap node's contact")
         node.stop()
-        wait_for(lambda: not bootstrap.contacts(), timeout=10)
+        poll(lambda: not bootstrap.contacts(), 10, "the contact to be dropped")
     finally:
         node.stop()
         bootstrap.stop()

@@ -33,6 +33,7 @@ from appliance import ipc
 from appliance.http3.quic import server_configuration
 from appliance.http3.server import BlobService, start_server
 from appliance.http3.tls import load_or_create
+from tests.appliance_process import poll as wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,17 +48,6 @@ def free_tcp_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 class H3Probe:
