@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,26 +23,16 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from appliance import ipc  # noqa: E402
+from tests.appliance_process import free_ports  # noqa: E402
 
 SMALL_BLOBS, SMALL_SIZE = 200, 4096
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class Appliance:
     def __init__(self, directory: Path, workers: int, *flags: str, wait: bool = True):
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
-        receiver, peer, http, metrics = _free_ports(4)
+        receiver, peer, http, metrics = free_ports(4)
         self.ports = {"receiver": receiver, "peer": peer, "http": http}
         self.port = self.http_port = http
         self.peer_port = peer
@@ -131,7 +120,7 @@ def run(tmp: Path, root: Path, hashes: list[str], runs: int, seconds: int) -> li
         for workers in (1, 2):
             cache = edge_cache_dir(root, hashes, tmp / f"scaling-w{workers}-cache")
             edge_cache_dir(tmp / "scaling-small", small, cache)
-            upstream = _free_ports(1)[0]  # never asked: every blob is a hit
+            upstream = free_ports(1)[0]  # never asked: every blob is a hit
             servers[f"w{workers}"] = Appliance(tmp / f"scaling-w{workers}", workers, "--upstream-reflector",
                                                f"127.0.0.1:{upstream}", "--upstream-protocol", "http",
                                                "--disk-cache", f"100GB:{cache}:lru")
