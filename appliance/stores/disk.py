@@ -77,7 +77,8 @@ class DiskStore(BlobStore):
 
         `durable=True` (origin storage) starts writeback as bytes arrive and fsyncs the file and the
         directory before `commit` returns (off the gevent hub, directory fsyncs shared by concurrent
-        commits); `durable=False` (a cache copy of a blob the origin keeps) skips the fsyncs. `verify=False`
+        commits), and then drops the file's pages from memory; `durable=False` (a cache copy of a blob the
+        origin keeps, written to be served) skips the fsyncs and keeps its pages. `verify=False`
         skips the SHA-384 for a caller that has checked the bytes itself.
         """
         return BlobWriter(self, hash_, durable, verify)
