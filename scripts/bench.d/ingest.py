@@ -292,7 +292,7 @@ def main() -> int:
     parser.add_argument("--warm-memory", action="store_true",
                         help="before the rounds, touch all but 2 GiB of free memory, so that on a VM that hands freed "
                              "memory back to its host (as this one does) new page-cache pages cost what they do on a "
-                             "dedicated machine for the next few minutes (about 3 s per GiB)")
+                             "dedicated machine for the next few minutes (2-3 s per GiB touched)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     stacks = None
