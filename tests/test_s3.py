@@ -209,6 +209,22 @@ def test_a_failed_stream_is_put_again_whole(s3_any, caplog):
     assert store.get_bytes(blob_hash(data)) == data
 
 
+def test_behind_a_proxy_uploads_are_put_whole_through_boto3(s3_bucket, monkeypatch):
+    # botocore sends through the proxy the environment names; the streamed PUT's own connections would not
+    store = store_for(s3_bucket)
+    data = os.urandom(1000)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:1")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert not isinstance(store.stream_upload(blob_hash(data), len(data)), S3Upload)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # the proxy is not for this endpoint
+    upload = store.stream_upload(blob_hash(data), len(data))
+    assert isinstance(upload, S3Upload)
+    upload.write(data)
+    upload.commit()
+    assert store.get_bytes(blob_hash(data)) == data
+
+
 def test_without_a_database_uploads_are_put_whole(s3_any):
     store = store_for(s3_any)
     data = os.urandom(1000)

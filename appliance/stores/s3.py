@@ -11,7 +11,9 @@ import logging
 import os
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
@@ -162,7 +164,14 @@ class S3Store(BlobStore):
         object is never listed, and the next upload of the blob replaces it.
         """
         check_hash(hash_)
+        if self._behind_proxy():
+            return self.upload(hash_, size)  # put whole by boto3, which goes through the proxy; s3put does not
         return S3Upload(self, hash_, size)
+
+    def _behind_proxy(self) -> bool:
+        """Whether the environment sends this store's requests through a proxy (HTTP(S)_PROXY, NO_PROXY)."""
+        endpoint = urlsplit(self.endpoint or f"https://{self.bucket}.s3.{self.region}.amazonaws.com")
+        return endpoint.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(endpoint.hostname)
 
     def delete(self, hash_: str) -> None:
         check_hash(hash_)
