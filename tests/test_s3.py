@@ -2,6 +2,7 @@
 import logging
 import os
 import ssl
+import subprocess
 
 import pytest
 from prometheus_client import REGISTRY
@@ -12,6 +13,7 @@ from appliance.db import Database, TrackAccess
 from appliance.errors import BlobNotFound, OriginError, classify
 from appliance.stores.dbbacked import DBBackedStore
 from appliance.stores.s3 import S3Store, S3Upload
+from tests.appliance_process import poll
 from tests.servers.ports import free_port
 
 
@@ -133,6 +135,23 @@ def test_streamed_puts_share_one_kept_alive_connection(s3rver_server, caplog):
     assert store.put_connections().opened == 1  # the later PUTs reused the first one's connection
     for data in blobs:
         assert store.get_bytes(blob_hash(data)) == data
+
+
+def test_a_kept_connection_that_the_server_closed_is_not_reused(s3rver_server, caplog):
+    caplog.set_level(logging.INFO, "store")
+    store = store_for(s3rver_server.bucket())
+    assert stream(store, os.urandom(100_000))._error is None
+
+    def closed_by_s3rver() -> bool:  # it closes idle connections after 5 s; ours then waits in CLOSE-WAIT
+        out = subprocess.run(["ss", "-tnH", "state", "close-wait", f"( dport = :{s3rver_server.port} )"],
+                             capture_output=True, text=True, check=True).stdout
+        return bool(out.strip())
+
+    poll(closed_by_s3rver, 30, "s3rver to close the idle connection")
+    data = os.urandom(100_000)
+    assert stream(store, data)._error is None
+    assert "putting it whole" not in caplog.text and store.put_connections().opened == 2
+    assert store.get_bytes(blob_hash(data)) == data
 
 
 def test_streamed_puts_over_https_check_the_certificate_against_botocore_s_ca_bundle(s3rver_server, tmp_path,
