@@ -31,7 +31,13 @@ class VectorsError(RuntimeError):
 
 
 def _source_files() -> list[Path]:
-    return sorted(p for p in SOURCE.rglob("*") if p.is_file() and CACHE not in p.parents)
+    """The stored files, without walking into the cache: other test processes build and rename there."""
+    found = []
+    for directory, subdirs, files in os.walk(SOURCE):
+        if Path(directory) == SOURCE:
+            subdirs[:] = [d for d in subdirs if SOURCE / d != CACHE]
+        found += [Path(directory) / name for name in files]
+    return sorted(found)
 
 
 def _digest() -> str:
